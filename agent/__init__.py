@@ -1,0 +1,61 @@
+"""asyncio-agent: finds the asyncio tasks your program loses, and says who created them.
+
+Public API only. Importing this package is cheap: nothing here imports asyncio,
+structlog or threads until :func:`install` is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["flush", "install", "instrument_loop", "is_installed", "uninstall"]
+__version__ = "0.1.0"
+
+
+def install(**options: Any) -> None:
+    """Switch the agent on for this process (idempotent).
+
+    Options override the ``ASYNCIO_AGENT_*`` environment variables: ``output``
+    (``"stderr"``, ``"stdout"`` or a file path), ``format`` (``"json"`` or
+    ``"console"``), ``stack_depth``, ``queue_size``, ``skip_modules``. A bad value
+    gives one warning on stderr and its default; an unknown option is a TypeError.
+    Loops are patched when asyncio or uvloop is imported, or now if they already are.
+    """
+    from agent import runtime
+
+    runtime.install(**options)
+
+
+def uninstall(timeout: float = 5.0) -> None:
+    """Flush what is queued, then undo every patch: later loops are plain loops."""
+    from agent import runtime
+
+    runtime.uninstall(timeout)
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Block until every report queued so far is written; False if ``timeout`` passed.
+
+    Also done automatically at interpreter exit.
+    """
+    from agent import runtime
+
+    return runtime.flush(timeout)
+
+
+def instrument_loop(loop: Any) -> bool:
+    """Make sure ``loop`` is instrumented, whatever its class; False if impossible.
+
+    Loops deriving from ``asyncio.BaseEventLoop`` or ``uvloop.Loop`` are covered
+    without this; it is for other loop implementations.
+    """
+    from agent import runtime
+
+    return runtime.instrument_loop(loop)
+
+
+def is_installed() -> bool:
+    """Whether :func:`install` is in effect."""
+    from agent import runtime
+
+    return runtime.current() is not None

@@ -1,0 +1,139 @@
+"""Settings: environment variables and ``install()`` keywords into one frozen value.
+
+Owns every ``ASYNCIO_AGENT_*`` name and its default. A bad value never raises: it
+becomes one warning naming the variable and the value used instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from agent.notices import warn_once
+
+ENV_PREFIX = "ASYNCIO_AGENT"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+FORMATS = ("json", "console")
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the agent can be told, after validation."""
+
+    output: str = "stderr"
+    """``stderr``, ``stdout``, or a file path (JSON lines, appended)."""
+    format: str = "json"
+    """``json`` or ``console``; a file always gets ``json``."""
+    stack_depth: int = 8
+    """Frames kept in ``creation_stack`` (the creation site is always kept)."""
+    queue_size: int = 10_000
+    """Reports waiting to be written; beyond this they are dropped and counted."""
+    skip_modules: tuple[str, ...] = ()
+    """Extra module-name prefixes never taken as a creation site (e.g. ``anyio``)."""
+
+
+# Environment variable suffix -> Settings field.
+_ENV_FIELDS = {
+    "OUTPUT": "output",
+    "FORMAT": "format",
+    "STACK_DEPTH": "stack_depth",
+    "QUEUE_SIZE": "queue_size",
+    "SKIP_MODULES": "skip_modules",
+}
+# Names that are read elsewhere (activation) and so are not unknown.
+_OTHER_KNOWN = frozenset({ENV_PREFIX})
+
+
+def is_enabled(environ: Mapping[str, str]) -> bool:
+    """Whether ``ASYNCIO_AGENT`` asks for the agent; an unknown value means on."""
+    raw = environ.get(ENV_PREFIX)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in _FALSE:
+        return False
+    if value not in _TRUE:
+        warn_once(
+            ENV_PREFIX,
+            f"{ENV_PREFIX}={raw!r} is not one of 1/true/yes/on or 0/false/no/off; "
+            "using 1 (the agent is on)",
+        )
+    return True
+
+
+def _whole_number(name: str, raw: object, default: int, low: int, high: int) -> int:
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = int(str(raw).strip()) if not isinstance(raw, int) else raw
+    except ValueError:
+        warn_once(name, f"{name}={raw!r} is not a whole number; using {default}")
+        return default
+    if value < low:
+        warn_once(name, f"{name}={raw!r} is below {low}; using {low}")
+        return low
+    if value > high:
+        warn_once(name, f"{name}={raw!r} is above {high}; using {high}")
+        return high
+    return value
+
+
+def _output(name: str, raw: object) -> str:
+    value = str(raw).strip()
+    if not value:
+        warn_once(name, f"{name}={raw!r} is empty; using 'stderr'")
+        return "stderr"
+    return value
+
+
+def _format(name: str, raw: object) -> str:
+    value = str(raw).strip().lower()
+    if value not in FORMATS:
+        warn_once(name, f"{name}={raw!r} is not 'json' or 'console'; using 'json'")
+        return "json"
+    return value
+
+
+def _modules(name: str, raw: object) -> tuple[str, ...]:
+    items = [str(item) for item in raw] if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+_PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "output": _output,
+    "format": _format,
+    "stack_depth": lambda name, raw: _whole_number(name, raw, 8, 0, 256),
+    "queue_size": lambda name, raw: _whole_number(name, raw, 10_000, 1, 10_000_000),
+    "skip_modules": _modules,
+}
+
+
+def load_settings(environ: Mapping[str, str], **options: Any) -> Settings:
+    """Build :class:`Settings` from the environment, overridden by ``options``.
+
+    Unknown ``ASYNCIO_AGENT_*`` variables are named in a warning (likely typos);
+    unknown keyword options raise :class:`TypeError`, as any Python call would.
+    """
+    unknown = sorted(set(options) - set(_PARSERS))
+    if unknown:
+        raise TypeError(f"install() got unexpected keyword argument(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key in sorted(environ):
+        if not key.startswith(ENV_PREFIX + "_"):
+            continue
+        suffix = key[len(ENV_PREFIX) + 1 :]
+        field = _ENV_FIELDS.get(suffix)
+        if field is None:
+            if key not in _OTHER_KNOWN:
+                known = ", ".join(f"{ENV_PREFIX}_{s}" for s in _ENV_FIELDS)
+                warn_once(key, f"{key} is not a setting of the agent (known: {known}); ignored")
+            continue
+        values[field] = _PARSERS[field](key, environ[key])
+    for field, raw in options.items():
+        values[field] = _PARSERS[field](f"install({field}=...)", raw)
+    return Settings(**values)

@@ -1,0 +1,142 @@
+"""Detection: turn the context CPython's task finalizer hands the loop into a Report.
+
+Runs inside ``__del__``/``tp_finalize``, in any thread, possibly inside another
+handler's lock: no I/O, no locks, no imports, no logging. Build the value and return.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from agent.report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report
+from agent.sites import RECORD_ATTR
+
+# The exact texts of CPython's finalizers (Modules/_asynciomodule.c and
+# Lib/asyncio/{tasks,futures}.py). The unretrieved one starts with the class name.
+PENDING_MESSAGE = "Task was destroyed but it is pending!"
+UNRETRIEVED_SUFFIX = " exception was never retrieved"
+
+_monotonic = time.monotonic
+_wall = time.time
+
+
+def _is_task(obj: object) -> bool:
+    # Futures (plain, gather's) are reported by CPython too but are not tasks.
+    return getattr(type(obj), "get_coro", None) is not None
+
+
+def _qualified_type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    module = getattr(cls, "__module__", None)
+    name = getattr(cls, "__qualname__", cls.__name__)
+    if module in (None, "builtins", "__main__"):
+        return str(name)
+    return f"{module}.{name}"
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__} whose str() failed>"
+
+
+def _task_name(task: Any) -> Optional[str]:
+    try:
+        name = task.get_name()
+    except Exception:
+        return None
+    return name if isinstance(name, str) else _safe_str(name)
+
+
+def _coroutine_name(task: Any) -> Optional[str]:
+    try:
+        coro = task.get_coro()
+        if coro is None:
+            return None
+        name = getattr(coro, "__qualname__", None)
+        if isinstance(name, str):
+            return name
+        return type(coro).__qualname__
+    except Exception:
+        return None
+
+
+def _at_shutdown(loop: Any) -> bool:
+    try:
+        return bool(sys.is_finalizing() or loop.is_closed() or not loop.is_running())
+    except Exception:
+        return True
+
+
+def _thread_name() -> str:
+    try:
+        return threading.current_thread().name
+    except Exception:
+        return "?"
+
+
+def report_from_context(loop: Any, context: Mapping[str, Any]) -> Optional[Report]:
+    """The Report for a task finalizer's context, or None if it is anything else.
+
+    ``context`` is what ``loop.call_exception_handler`` received; only CPython's two
+    task finalizer reports qualify, never plain futures or application contexts.
+    """
+    message = context.get("message")
+    if not isinstance(message, str):
+        return None
+    exception: Optional[BaseException] = None
+    task = context.get("task")
+    if task is not None and message == PENDING_MESSAGE:
+        kind = DESTROYED_PENDING
+    else:
+        task = context.get("future")
+        raw = context.get("exception")
+        if task is None or not isinstance(raw, BaseException):
+            return None
+        if not message.endswith(UNRETRIEVED_SUFFIX):
+            return None
+        kind = EXCEPTION_UNRETRIEVED
+        exception = raw
+    if not _is_task(task):
+        return None
+
+    record = getattr(task, RECORD_ATTR, None)
+    site = None
+    age: Optional[float] = None
+    if type(record) is tuple and len(record) == 2:
+        site, created = record
+        age = _monotonic() - created
+
+    exception_type = exception_message = None
+    summary = None
+    if exception is not None:
+        exception_type = _qualified_type_name(exception)
+        exception_message = _safe_str(exception)
+        try:
+            summary = traceback.TracebackException(
+                type(exception), exception, exception.__traceback__, lookup_lines=False
+            )
+        except Exception:
+            summary = None
+
+    return Report(
+        kind=kind,
+        task_name=_task_name(task),
+        coroutine=_coroutine_name(task),
+        site=site,
+        task_age_s=age,
+        at_shutdown=_at_shutdown(loop),
+        exception_type=exception_type,
+        exception_message=exception_message,
+        exception_summary=summary,
+        timestamp=_wall(),
+        pid=os.getpid(),
+        thread=_thread_name(),
+    )

@@ -1,0 +1,142 @@
+"""Loop hooks: which loop classes are patched, how, and how uninstall undoes it.
+
+The only module that knows asyncio's and uvloop's internals. It wraps two methods per
+loop class and touches nothing else: ``create_task`` (to record the creation site on the
+task) and ``call_exception_handler`` (where CPython's task finalizer reports). The task
+factory slot is left alone, so ``get_task_factory()``, ``set_task_factory()`` and the
+no-factory fast path behave exactly as without the agent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from types import MethodType, ModuleType
+from typing import Any
+
+from agent.detect import report_from_context
+from agent.report import Report
+from agent.sites import RECORD_ATTR, SiteRecorder
+
+_WRAPPER_MARK = "__asyncio_agent_wrapper__"
+_MISSING = object()
+
+
+def _is_ours(function: object) -> bool:
+    return bool(getattr(function, _WRAPPER_MARK, False))
+
+
+def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> Callable[..., Any]:
+    record = recorder.record
+
+    @functools.wraps(original)
+    def create_task(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
+        # Everything is forwarded untouched; the record is added after the task
+        # exists, so an eager task that already finished is still recorded.
+        task = original(self, coro, *args, **kwargs)
+        try:  # noqa: SIM105 - try/except costs nothing here; suppress() does
+            task._asyncio_agent_record = record(1)
+        except Exception:
+            pass  # a factory's task type without attribute storage: no site
+        return task
+
+    setattr(create_task, _WRAPPER_MARK, True)
+    return create_task
+
+
+def _make_call_exception_handler(
+    original: Callable[..., Any], submit: Callable[[Report], None]
+) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def call_exception_handler(self: Any, context: Mapping[str, Any]) -> Any:
+        # Runs inside the task finalizer: build the report, queue it, and let the
+        # loop's own handling (the user's handler, CPython's log line) go on as ever.
+        try:
+            report = report_from_context(self, context)
+            if report is not None:
+                submit(report)
+        except Exception:
+            pass
+        return original(self, context)
+
+    setattr(call_exception_handler, _WRAPPER_MARK, True)
+    return call_exception_handler
+
+
+assert RECORD_ATTR == "_asyncio_agent_record"  # the literal above, for speed
+
+
+class LoopPatcher:
+    """Patches loop classes (or single loops) and remembers how to undo it."""
+
+    def __init__(self, recorder: SiteRecorder, submit: Callable[[Report], None]) -> None:
+        self._recorder = recorder
+        self._submit = submit
+        # (owner, attribute name) -> what owner.__dict__ held before, or _MISSING.
+        self._undo: dict[tuple[Any, str], Any] = {}
+        self.patched: list[str] = []
+        """Names of what was patched, for people (``doctor``, docs, tests)."""
+
+    def _wrap(self, owner: Any, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        if name == "create_task":
+            return _make_create_task(original, self._recorder)
+        return _make_call_exception_handler(original, self._submit)
+
+    def patch_class(self, cls: type) -> bool:
+        """Wrap ``cls.create_task`` and ``cls.call_exception_handler``; False if not possible."""
+        done = False
+        for name in ("create_task", "call_exception_handler"):
+            original = getattr(cls, name, None)
+            if original is None or _is_ours(original):
+                continue
+            before = cls.__dict__.get(name, _MISSING)
+            try:
+                setattr(cls, name, self._wrap(cls, name, original))
+            except (TypeError, AttributeError):
+                return False
+            self._undo.setdefault((cls, name), before)
+            done = True
+        if done:
+            self.patched.append(f"{cls.__module__}.{cls.__qualname__}")
+        return True
+
+    def patch_loop(self, loop: Any) -> bool:
+        """Instrument one loop: its class if possible, else the instance itself."""
+        if self.patch_class(type(loop)):
+            return True
+        for name in ("create_task", "call_exception_handler"):
+            bound = getattr(loop, name, None)
+            if bound is None or _is_ours(getattr(bound, "__func__", bound)):
+                continue
+            function = getattr(bound, "__func__", None)
+            if function is None:
+                return False
+            try:
+                setattr(loop, name, MethodType(self._wrap(loop, name, function), loop))
+            except (TypeError, AttributeError):
+                return False
+            self._undo.setdefault((loop, name), _MISSING)
+        return True
+
+    def on_asyncio_imported(self, base_events: ModuleType) -> None:
+        """Import-hook callback for ``asyncio.base_events``."""
+        self.patch_class(base_events.BaseEventLoop)
+
+    def on_uvloop_imported(self, uvloop: ModuleType) -> None:
+        """Import-hook callback for ``uvloop``: its ``Loop`` is no ``BaseEventLoop``."""
+        loop_class = getattr(uvloop, "Loop", None)
+        if isinstance(loop_class, type):
+            self.patch_class(loop_class)
+
+    def unpatch_all(self) -> None:
+        """Restore every attribute this patcher replaced."""
+        for (owner, name), before in reversed(list(self._undo.items())):
+            try:
+                if before is _MISSING:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, before)
+            except (TypeError, AttributeError):
+                pass
+        self._undo.clear()
+        self.patched.clear()

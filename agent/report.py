@@ -1,0 +1,75 @@
+"""The ``Report`` value: one anomaly CPython's finalizer logged for one task.
+
+Built inside a finalizer and read by sinks in the reporter thread. Holds plain values
+only: never the task, its coroutine, its frames or its context.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Optional
+
+from agent.sites import Site
+
+DESTROYED_PENDING = "asyncio.task.destroyed_pending"
+EXCEPTION_UNRETRIEVED = "asyncio.task.exception_unretrieved"
+KINDS = (DESTROYED_PENDING, EXCEPTION_UNRETRIEVED)
+
+
+class Report:
+    """A task that was destroyed while pending, or died with an exception nobody read."""
+
+    __slots__ = (
+        "at_shutdown",
+        "coroutine",
+        "exception_message",
+        "exception_summary",
+        "exception_type",
+        "kind",
+        "pid",
+        "site",
+        "task_age_s",
+        "task_name",
+        "thread",
+        "timestamp",
+    )
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        task_name: Optional[str],
+        coroutine: Optional[str],
+        site: Optional[Site],
+        task_age_s: Optional[float],
+        at_shutdown: bool,
+        exception_type: Optional[str],
+        exception_message: Optional[str],
+        exception_summary: Optional[traceback.TracebackException],
+        timestamp: float,
+        pid: int,
+        thread: str,
+    ) -> None:
+        self.kind = kind
+        self.task_name = task_name
+        self.coroutine = coroutine
+        self.site = site
+        self.task_age_s = task_age_s
+        self.at_shutdown = at_shutdown
+        self.exception_type = exception_type
+        self.exception_message = exception_message
+        # Frame summaries without frames or locals; source lines are read later,
+        # in the reporter thread, never in the finalizer.
+        self.exception_summary = exception_summary
+        self.timestamp = timestamp
+        self.pid = pid
+        self.thread = thread
+
+    def traceback_text(self) -> Optional[str]:
+        """The exception's formatted traceback, as CPython would print it."""
+        if self.exception_summary is None:
+            return None
+        return "".join(self.exception_summary.format())
+
+    def __repr__(self) -> str:
+        return f"Report({self.kind}, task={self.task_name!r}, site={self.site!r})"

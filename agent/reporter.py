@@ -1,0 +1,197 @@
+"""The reporter: a bounded queue filled by finalizers and a thread that empties it.
+
+Owns ``submit`` (finalizer-safe: no lock, no I/O, never blocks), the writer thread,
+``flush``, the flush at exit, drop counting and the restart after ``os.fork()``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Optional, Protocol, Union
+
+from agent.notices import warn_once
+from agent.report import Report
+
+
+class Sink(Protocol):
+    """Where finished reports go. Called from the reporter thread only."""
+
+    def emit(self, report: Report) -> None:
+        """Write one report."""
+
+    def emit_dropped(self, count: int) -> None:
+        """Say that ``count`` reports were dropped because the queue was full."""
+
+
+class _FlushMarker:
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Stop:
+    pass
+
+
+_STOP = _Stop()
+_Item = Union[Report, _FlushMarker, _Stop]
+
+
+class Reporter:
+    """Moves reports from finalizers to sinks without ever blocking a finalizer."""
+
+    def __init__(self, sinks: Sequence[Sink], queue_size: int) -> None:
+        self._sinks = list(sinks)
+        self._capacity = queue_size
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._drop_counter = itertools.count(1)
+        self._dropped = 0  # latest value drawn from _drop_counter
+        self._dropped_said = 0
+        self._thread: Optional[threading.Thread] = None
+        # After the exit flush, nothing is left to write reports in the background:
+        # the few that arrive while the interpreter shuts down are written in place.
+        self._inline = False
+        self._closed = False
+        _live_reporters.add(self)
+
+    # -- finalizer side --------------------------------------------------------
+
+    def submit(self, report: Report) -> None:
+        """Queue ``report``; safe inside ``__del__``. Drops and counts when full."""
+        if self._closed:
+            return
+        if self._inline:
+            self._write(report)
+            return
+        # SimpleQueue.put is reentrant (documented safe in __del__); qsize takes no lock.
+        if self._queue.qsize() >= self._capacity:
+            self._dropped = next(self._drop_counter)
+            return
+        self._queue.put(report)
+
+    # -- application side ------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread if it is not running."""
+        if self._closed or self._inline:
+            return
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        thread = threading.Thread(target=self._run, name="asyncio-agent-reporter", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until every report queued so far is written; False on timeout."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            self._drain()
+            return True
+        marker = _FlushMarker()
+        self._queue.put(marker)
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush, stop the thread, and write any later report in place."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._inline = True
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(_STOP)
+            thread.join(timeout)
+        self._drain()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Like :meth:`close`, then ignore every later report (used by uninstall)."""
+        self.close(timeout)
+        self._closed = True
+        _live_reporters.discard(self)
+
+    # -- writer thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        get = self._queue.get
+        while True:
+            item = get()
+            if isinstance(item, _Stop):
+                return
+            self._handle(item)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if not isinstance(item, _Stop):
+                self._handle(item)
+
+    def _handle(self, item: _Item) -> None:
+        if isinstance(item, _FlushMarker):
+            self._say_dropped()
+            item.done.set()
+            return
+        if isinstance(item, Report):
+            self._write(item)
+        if self._queue.empty():
+            self._say_dropped()
+
+    def _write(self, report: Report) -> None:
+        for sink in self._sinks:
+            try:
+                sink.emit(report)
+            except Exception as exc:  # a broken sink must never reach the application
+                warn_once(
+                    f"sink:{type(sink).__name__}",
+                    f"{type(sink).__name__} failed ({type(exc).__name__}: {exc}); "
+                    "its reports are being lost",
+                )
+
+    def _say_dropped(self) -> None:
+        dropped = self._dropped
+        if dropped <= self._dropped_said:
+            return
+        count = dropped - self._dropped_said
+        self._dropped_said = dropped
+        for sink in self._sinks:
+            with contextlib.suppress(Exception):
+                sink.emit_dropped(count)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent still owns and writes what was queued before the fork.
+        # threading's own fork handler has already marked our thread stopped, so
+        # "was it started" is the question, not "is it alive".
+        was_running = self._thread is not None
+        self._queue = queue.SimpleQueue()
+        self._dropped_said = self._dropped
+        self._thread = None
+        if was_running and not self._inline and not self._closed:
+            self.start()
+
+
+_live_reporters: weakref.WeakSet[Reporter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for reporter in list(_live_reporters):
+        reporter._after_fork_in_child()
+
+
+def _at_exit() -> None:
+    for reporter in list(_live_reporters):
+        reporter.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)

@@ -1,0 +1,1 @@
+"""Outputs: one module per destination. A sink receives Reports and knows nothing of asyncio."""

@@ -1,0 +1,175 @@
+"""The structured-event sink: each Report as one structlog event (JSON line or console).
+
+Owns the event field names of the contract and the output stream. Runs in the reporter
+thread; imports structlog on first use. Never touches the application's structlog
+configuration: it builds its own logger with its own processors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, Optional, TextIO
+
+from agent.config import Settings
+from agent.notices import warn_once
+from agent.report import EXCEPTION_UNRETRIEVED, Report
+
+DROPPED_EVENT = "asyncio.agent.reports_dropped"
+
+# Fields first in every line, in this order, so a person can read the JSON too.
+_LEADING = ("timestamp", "level", "event")
+
+
+def report_fields(report: Report) -> dict[str, Any]:
+    """The contract's event fields for ``report`` (without event, level, timestamp)."""
+    site = report.site
+    fields: dict[str, Any] = {
+        "task_name": report.task_name,
+        "coroutine": report.coroutine,
+        "creation_file": site.filename if site else None,
+        "creation_line": site.lineno if site else None,
+        "creation_function": site.function if site else None,
+        "creation_stack": list(site.stack) if site else [],
+        "at_shutdown": report.at_shutdown,
+        "task_age_s": None if report.task_age_s is None else round(report.task_age_s, 6),
+    }
+    if report.kind == EXCEPTION_UNRETRIEVED:
+        fields["exception_type"] = report.exception_type
+        fields["exception_message"] = report.exception_message
+        fields["traceback"] = report.traceback_text()
+    fields["pid"] = report.pid
+    fields["thread"] = report.thread
+    fields["_timestamp"] = report.timestamp
+    return fields
+
+
+def _iso_utc(epoch: float) -> str:
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _add_timestamp(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Stamp the moment the anomaly was detected (not when it was written)."""
+    epoch = event_dict.pop("_timestamp", None)
+    event_dict["timestamp"] = _iso_utc(epoch if isinstance(epoch, float) else _now())
+    return event_dict
+
+
+def _now() -> float:
+    return datetime.datetime.now(datetime.timezone.utc).timestamp()
+
+
+def _leading_keys_first(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    ordered = {key: event_dict[key] for key in _LEADING if key in event_dict}
+    ordered.update((k, v) for k, v in event_dict.items() if k not in ordered)
+    return ordered
+
+
+def _console_blocks(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Move the stack and traceback below the line, where ConsoleRenderer prints text."""
+    stack = event_dict.pop("creation_stack", None) or []
+    text = event_dict.pop("traceback", None)
+    block = ""
+    if stack:
+        block += "Task created at (most recent call last):\n"
+        block += "".join(f"  {frame}\n" for frame in stack)
+    if text:
+        block += text
+    if block:
+        event_dict["exception"] = block
+    return event_dict
+
+
+class _LineWriter:
+    """The structlog "logger" at the end of the chain: writes one whole line at once."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+
+    def msg(self, message: str) -> None:
+        self._write(message + "\n")
+
+    error = warning = info = debug = critical = msg
+
+
+class EventSink:
+    """Writes each Report as a structlog event to stderr, stdout or a file."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._fd: Optional[int] = None
+        self._stream_name: Optional[str] = None
+        self._format = settings.format
+        target = settings.output
+        if target.lower() in ("stderr", "stdout"):
+            self._stream_name = target.lower()
+        else:
+            try:
+                self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as exc:
+                warn_once(
+                    "ASYNCIO_AGENT_OUTPUT",
+                    f"ASYNCIO_AGENT_OUTPUT={target!r} cannot be opened for writing "
+                    f"({exc.strerror or exc}); using 'stderr'",
+                )
+                self._stream_name = "stderr"
+            else:
+                self._format = "json"  # a file is always JSON lines
+        self._logger: Any = None
+
+    @property
+    def description(self) -> str:
+        """Where events go, for people (``stderr``, ``stdout`` or the file path)."""
+        return self._stream_name or f"fd {self._fd}"
+
+    def _stream(self) -> Optional[TextIO]:
+        return sys.stderr if self._stream_name == "stderr" else sys.stdout
+
+    def _write_line(self, line: str) -> None:
+        if self._fd is not None:
+            # One write per line: O_APPEND keeps lines whole across processes.
+            data = line.encode("utf-8", "replace")
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+            return
+        stream = self._stream()
+        if stream is None:
+            return
+        stream.write(line)
+        stream.flush()
+
+    def _bound_logger(self) -> Any:
+        if self._logger is None:
+            import structlog
+
+            renderer: Any
+            if self._format == "console":
+                stream = self._stream()
+                colors = bool(stream is not None and stream.isatty())
+                renderer = structlog.dev.ConsoleRenderer(colors=colors)
+                processors: list[Any] = [
+                    structlog.processors.add_log_level,
+                    _add_timestamp,
+                    _console_blocks,
+                    renderer,
+                ]
+            else:
+                processors = [
+                    structlog.processors.add_log_level,
+                    _add_timestamp,
+                    _leading_keys_first,
+                    structlog.processors.JSONRenderer(),
+                ]
+            self._logger = structlog.BoundLogger(_LineWriter(self._write_line), processors, {})
+        return self._logger
+
+    def emit(self, report: Report) -> None:
+        """Write ``report`` as one event named after its kind."""
+        self._bound_logger().error(report.kind, **report_fields(report))
+
+    def emit_dropped(self, count: int) -> None:
+        """Write one ``asyncio.agent.reports_dropped`` event."""
+        self._bound_logger().warning(DROPPED_EVENT, count=count, pid=os.getpid())

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs the test suite on every supported Python (pyenv's 3.10-3.13), each in its own
+# fresh virtualenv under .venvs/, and prints one closing "N passed, N failed" line.
+# Usage: bash tests/run.sh [pytest args...]      PYTHONS="3.12.1 3.13.0" to choose.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PYENV_ROOT="${PYENV_ROOT:-$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")}"
+PYTHONS="${PYTHONS:-3.10.13 3.11.7 3.12.1 3.13.0}"
+mkdir -p .venvs/reports
+status=0
+
+for version in $PYTHONS; do
+    python="$PYENV_ROOT/versions/$version/bin/python"
+    if [ ! -x "$python" ]; then
+        echo "!! Python $version not found at $python" >&2
+        status=1
+        continue
+    fi
+    venv=".venvs/py$version"
+    echo "=== Python $version"
+    if [ ! -x "$venv/bin/python" ]; then
+        "$python" -m venv "$venv" || { status=1; continue; }
+        "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    fi
+    # uvloop is in the test extra; where it does not install, install the rest alone.
+    if ! "$venv/bin/python" -m pip install -q ".[test]" 2>"$venv/pip.log"; then
+        echo "(uvloop did not install on $version; its tests will skip)"
+        "$venv/bin/python" -m pip install -q . pytest pytest-xdist || { status=1; continue; }
+    fi
+    "$venv/bin/python" -m pytest -n 2 -q -p no:cacheprovider \
+        --junitxml=".venvs/reports/$version.xml" "$@"
+    code=$?
+    if [ "$code" -eq 5 ]; then
+        echo "!! Python $version: pytest collected no tests" >&2
+        status=1
+    elif [ "$code" -ne 0 ]; then
+        status=1
+    fi
+done
+
+"$PYENV_ROOT/versions/3.11.7/bin/python" - "$PYTHONS" <<'PY' || status=1
+import sys, xml.etree.ElementTree as ET
+from pathlib import Path
+passed = failed = skipped = 0
+for version in sys.argv[1].split():
+    path = Path(".venvs/reports") / f"{version}.xml"
+    if not path.exists():
+        failed += 1
+        continue
+    for suite in ET.parse(path).getroot().iter("testsuite"):
+        total, errors = int(suite.get("tests", 0)), int(suite.get("errors", 0))
+        fails, skips = int(suite.get("failures", 0)), int(suite.get("skipped", 0))
+        failed += fails + errors
+        skipped += skips
+        passed += total - fails - errors - skips
+print(f"all Pythons ({sys.argv[1]}):")
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+PY
+exit $status
