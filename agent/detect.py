@@ -57,7 +57,9 @@ def _task_name(task: Any) -> Optional[str]:
 
 def _coroutine_name(task: Any) -> Optional[str]:
     try:
-        coro = task.get_coro()
+        # ``_coro`` first: on 3.12.0-3.12.4, get_coro() crashes the interpreter for a
+        # task that finished eagerly (CPython gh-122332); the attribute is safe.
+        coro = task._coro if hasattr(task, "_coro") else task.get_coro()
         if coro is None:
             return None
         name = getattr(coro, "__qualname__", None)
@@ -75,8 +77,16 @@ def _at_shutdown(loop: Any) -> bool:
         return True
 
 
-def _thread_name() -> str:
+def _thread_name(loop: Any) -> str:
+    # The thread whose loop owned the task, when the loop is running: a collection
+    # can run a finalizer in whichever thread happened to allocate (even the agent's).
+    # threading._active is read with a plain dict lookup: enumerate() takes a lock.
     try:
+        loop_thread = getattr(loop, "_thread_id", None)
+        if loop_thread is not None:
+            owner = getattr(threading, "_active", {}).get(loop_thread)
+            if owner is not None:
+                return str(owner.name)
         return threading.current_thread().name
     except Exception:
         return "?"
@@ -138,5 +148,5 @@ def report_from_context(loop: Any, context: Mapping[str, Any]) -> Optional[Repor
         exception_summary=summary,
         timestamp=_wall(),
         pid=os.getpid(),
-        thread=_thread_name(),
+        thread=_thread_name(loop),
     )

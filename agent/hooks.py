@@ -10,6 +10,8 @@ no-factory fast path behave exactly as without the agent.
 from __future__ import annotations
 
 import functools
+import sys
+import traceback
 from collections.abc import Callable, Mapping
 from types import MethodType, ModuleType
 from typing import Any
@@ -19,11 +21,39 @@ from agent.report import Report
 from agent.sites import RECORD_ATTR, SiteRecorder
 
 _WRAPPER_MARK = "__asyncio_agent_wrapper__"
+_THIS_FILE = sys._getframe().f_code.co_filename
 _MISSING = object()
 
 
 def _is_ours(function: object) -> bool:
     return bool(getattr(function, _WRAPPER_MARK, False))
+
+
+def _hide_wrapper_frame(task: Any) -> None:
+    """In asyncio debug mode, make ``task._source_traceback`` what it is without us.
+
+    CPython records the creation stack (``DEBUG_STACK_DEPTH`` frames) and prints it in
+    the task's repr and in its "Task was destroyed" report. Our wrapper's frame must
+    not appear there, and the outermost frame it pushed out of the limit comes back.
+    """
+    stack = task._source_traceback
+    for index in range(len(stack) - 1, -1, -1):
+        entry = stack[index]
+        if entry.filename == _THIS_FILE and entry.name == "create_task":
+            break
+    else:
+        return
+    del stack[index]
+    # stack[:index] are our caller and its callers; one level further up is the
+    # frame the limit cut off, if there is one.
+    frame: Any = sys._getframe(2)
+    for _ in range(index):
+        if frame is None:
+            return
+        frame = frame.f_back
+    if frame is not None:
+        extracted = traceback.StackSummary.extract([(frame, frame.f_lineno)], lookup_lines=False)
+        stack.insert(0, extracted[0])
 
 
 def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> Callable[..., Any]:
@@ -34,8 +64,10 @@ def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> C
         # Everything is forwarded untouched; the record is added after the task
         # exists, so an eager task that already finished is still recorded.
         task = original(self, coro, *args, **kwargs)
-        try:  # noqa: SIM105 - try/except costs nothing here; suppress() does
+        try:
             task._asyncio_agent_record = record(1)
+            if task._source_traceback:  # only in asyncio debug mode
+                _hide_wrapper_frame(task)
         except Exception:
             pass  # a factory's task type without attribute storage: no site
         return task

@@ -67,9 +67,19 @@ class Report:
 
     def traceback_text(self) -> Optional[str]:
         """The exception's formatted traceback, as CPython would print it."""
-        if self.exception_summary is None:
+        summary = self.exception_summary
+        if summary is None:
             return None
-        return "".join(self.exception_summary.format())
+        try:
+            return "".join(summary.format())
+        except Exception:
+            # Source lines need linecache, which fails during interpreter teardown.
+            lines = ["Traceback (most recent call last):\n"]
+            lines += [
+                f'  File "{f.filename}", line {f.lineno}, in {f.name}\n' for f in summary.stack
+            ]
+            lines.append(f"{self.exception_type}: {self.exception_message}\n")
+            return "".join(lines)
 
     def __repr__(self) -> str:
         return f"Report({self.kind}, task={self.task_name!r}, site={self.site!r})"

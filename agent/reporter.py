@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import os
 import queue
+import sys
 import threading
 import weakref
 from collections.abc import Sequence
@@ -105,6 +106,14 @@ class Reporter:
         if self._closed:
             return
         self.flush(timeout)
+        if self._thread is not None:
+            # Tasks still alive are destroyed during interpreter teardown, when
+            # imports no longer work: make the sinks ready while they still do.
+            for sink in self._sinks:
+                prepare = getattr(sink, "prepare", None)
+                if prepare is not None:
+                    with contextlib.suppress(Exception):
+                        prepare()
         self._inline = True
         thread = self._thread
         if thread is not None and thread.is_alive():
@@ -152,6 +161,8 @@ class Reporter:
             try:
                 sink.emit(report)
             except Exception as exc:  # a broken sink must never reach the application
+                if sys.is_finalizing():
+                    continue  # modules are being torn down: nothing useful to say
                 warn_once(
                     f"sink:{type(sink).__name__}",
                     f"{type(sink).__name__} failed ({type(exc).__name__}: {exc}); "
@@ -193,5 +204,16 @@ def _at_exit() -> None:
         reporter.close()
 
 
+def _before_threads_join() -> None:
+    # Runs in threading._shutdown(): at normal exit (before atexit), and also in a
+    # multiprocessing child, which leaves through os._exit() and never runs atexit.
+    for reporter in list(_live_reporters):
+        reporter.flush()
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
+_register_before_join = getattr(threading, "_register_atexit", None)
+if _register_before_join is not None:
+    with contextlib.suppress(RuntimeError):  # already shutting down
+        _register_before_join(_before_threads_join)

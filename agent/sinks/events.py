@@ -7,9 +7,10 @@ configuration: it builds its own logger with its own processors.
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, Optional, TextIO
 
@@ -47,19 +48,18 @@ def report_fields(report: Report) -> dict[str, Any]:
 
 
 def _iso_utc(epoch: float) -> str:
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # time.strftime, not datetime: datetime's strftime imports a module on first use,
+    # and reports written during interpreter teardown can no longer import.
+    whole = int(epoch)
+    micros = int((epoch - whole) * 1_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{micros:06d}Z"
 
 
 def _add_timestamp(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Stamp the moment the anomaly was detected (not when it was written)."""
     epoch = event_dict.pop("_timestamp", None)
-    event_dict["timestamp"] = _iso_utc(epoch if isinstance(epoch, float) else _now())
+    event_dict["timestamp"] = _iso_utc(epoch if isinstance(epoch, float) else time.time())
     return event_dict
-
-
-def _now() -> float:
-    return datetime.datetime.now(datetime.timezone.utc).timestamp()
 
 
 def _leading_keys_first(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +81,34 @@ def _console_blocks(_logger: Any, _method: str, event_dict: dict[str, Any]) -> d
     if block:
         event_dict["exception"] = block
     return event_dict
+
+
+class _ImportGuard:
+    """Keeps ``os.fork()`` from copying a half-imported structlog into the child.
+
+    The reporter thread imports structlog lazily; a fork in another thread during that
+    import would leave the child a partial module. Fork waits for the import instead.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def before_fork(self) -> None:
+        self.lock.acquire()
+
+    def after_fork_in_parent(self) -> None:
+        self.lock.release()
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+
+
+_import_guard = _ImportGuard()
+os.register_at_fork(
+    before=_import_guard.before_fork,
+    after_in_parent=_import_guard.after_fork_in_parent,
+    after_in_child=_import_guard.after_fork_in_child,
+)
 
 
 class _LineWriter:
@@ -141,9 +169,14 @@ class EventSink:
         stream.write(line)
         stream.flush()
 
+    def prepare(self) -> None:
+        """Import structlog and build the logger now (before shutdown, where imports fail)."""
+        self._bound_logger()
+
     def _bound_logger(self) -> Any:
         if self._logger is None:
-            import structlog
+            with _import_guard.lock:
+                import structlog
 
             renderer: Any
             if self._format == "console":
