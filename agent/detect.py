@@ -11,11 +11,11 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 from agent.report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report
-from agent.sites import RECORD_ATTR
+from agent.sites import RECORD_ATTR, Site
 
 # The exact texts of CPython's finalizers (Modules/_asynciomodule.c and
 # Lib/asyncio/{tasks,futures}.py). The unretrieved one starts with the class name.
@@ -92,11 +92,15 @@ def _thread_name(loop: Any) -> str:
         return "?"
 
 
-def report_from_context(loop: Any, context: Mapping[str, Any]) -> Optional[Report]:
+Decoder = Callable[[object], tuple[Optional[Site], Optional[float]]]
+
+
+def report_from_context(loop: Any, context: Mapping[str, Any], decode: Decoder) -> Optional[Report]:
     """The Report for a task finalizer's context, or None if it is anything else.
 
     ``context`` is what ``loop.call_exception_handler`` received; only CPython's two
     task finalizer reports qualify, never plain futures or application contexts.
+    ``decode`` turns the task's creation record into its site and creation time.
     """
     message = context.get("message")
     if not isinstance(message, str):
@@ -117,12 +121,8 @@ def report_from_context(loop: Any, context: Mapping[str, Any]) -> Optional[Repor
     if not _is_task(task):
         return None
 
-    record = getattr(task, RECORD_ATTR, None)
-    site = None
-    age: Optional[float] = None
-    if type(record) is tuple and len(record) == 2:
-        site, created = record
-        age = _monotonic() - created
+    site, created = decode(getattr(task, RECORD_ATTR, None))
+    age = None if created is None else max(0.0, _monotonic() - created)
 
     exception_type = exception_message = None
     summary = None

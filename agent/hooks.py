@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from types import MethodType, ModuleType
 from typing import Any
 
-from agent.detect import report_from_context
+from agent.detect import Decoder, report_from_context
 from agent.report import Report
 from agent.sites import RECORD_ATTR, SiteRecorder
 
@@ -56,35 +56,64 @@ def _hide_wrapper_frame(task: Any) -> None:
         stack.insert(0, extracted[0])
 
 
+def _keyword_only_signature(function: Callable[..., Any]) -> tuple[str, ...]:
+    """The keyword-only names of ``(self, coro, *, <names>=None)``, else ``()``."""
+    code = getattr(function, "__code__", None)
+    if code is None or code.co_argcount != 2 or code.co_flags & 0x0C:  # *args, **kwargs
+        return ()
+    names = code.co_varnames[2 : 2 + code.co_kwonlyargcount]
+    defaults = getattr(function, "__kwdefaults__", None) or {}
+    if all(name in defaults and defaults[name] is None for name in names):
+        return tuple(names)
+    return ()
+
+
 def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> Callable[..., Any]:
+    # The record is added after the task exists, so an eager task that already
+    # finished is still recorded. A task type without attribute storage (from a
+    # factory) raises on the assignment and simply gets no site.
     record = recorder.record
+    create_task: Callable[..., Any]
 
-    @functools.wraps(original)
-    def create_task(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
-        # Everything is forwarded untouched; the record is added after the task
-        # exists, so an eager task that already finished is still recorded.
-        task = original(self, coro, *args, **kwargs)
-        try:
-            task._asyncio_agent_record = record(1)
-            if task._source_traceback:  # only in asyncio debug mode
-                _hide_wrapper_frame(task)
-        except Exception:
-            pass  # a factory's task type without attribute storage: no site
-        return task
+    if _keyword_only_signature(original) == ("name", "context"):
+        # asyncio's own create_task on 3.11+: explicit keywords are cheaper than
+        # **kwargs, and passing their default None is the same as not passing them.
+        def create_task(self: Any, coro: Any, *, name: Any = None, context: Any = None) -> Any:
+            task = original(self, coro, name=name, context=context)
+            try:
+                task._asyncio_agent_record = record(1)
+                if task._source_traceback:  # only in asyncio debug mode
+                    _hide_wrapper_frame(task)
+            except Exception:
+                pass
+            return task
 
+    else:
+        # Any other signature (3.10, uvloop, custom loops): forward untouched.
+        def create_task(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
+            task = original(self, coro, *args, **kwargs)
+            try:
+                task._asyncio_agent_record = record(1)
+                if task._source_traceback:
+                    _hide_wrapper_frame(task)
+            except Exception:
+                pass
+            return task
+
+    create_task = functools.wraps(original)(create_task)
     setattr(create_task, _WRAPPER_MARK, True)
     return create_task
 
 
 def _make_call_exception_handler(
-    original: Callable[..., Any], submit: Callable[[Report], None]
+    original: Callable[..., Any], submit: Callable[[Report], None], decode: Decoder
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     def call_exception_handler(self: Any, context: Mapping[str, Any]) -> Any:
         # Runs inside the task finalizer: build the report, queue it, and let the
         # loop's own handling (the user's handler, CPython's log line) go on as ever.
         try:
-            report = report_from_context(self, context)
+            report = report_from_context(self, context, decode)
             if report is not None:
                 submit(report)
         except Exception:
@@ -112,7 +141,7 @@ class LoopPatcher:
     def _wrap(self, owner: Any, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         if name == "create_task":
             return _make_create_task(original, self._recorder)
-        return _make_call_exception_handler(original, self._submit)
+        return _make_call_exception_handler(original, self._submit, self._recorder.decode)
 
     def patch_class(self, cls: type) -> bool:
         """Wrap ``cls.create_task`` and ``cls.call_exception_handler``; False if not possible."""

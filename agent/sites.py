@@ -1,7 +1,8 @@
 """Creation sites: which line of the application created a task, and its stack.
 
-Owns the hot path run for every new task. It must stay tiny: two frame steps, one
-dict lookup, no string work. Strings are built once per distinct call site and cached.
+Owns the hot path run for every new task. It must stay tiny: a few frame steps, one
+dict lookup, no string work, no allocation on a cache hit. Strings are built once per
+distinct call site and cached.
 """
 
 from __future__ import annotations
@@ -18,17 +19,21 @@ _monotonic = time.monotonic
 # agent, and the loop implementations that call back into asyncio.
 INTERNAL_MODULES: tuple[str, ...] = ("asyncio", "agent", "uvloop")
 
-_MAX_SITES = 4096
-_SHARE_RECORD_S = 0.001
-
-Record = tuple[Optional["Site"], float]
+MAX_SITES = 16_384
+"""Distinct creation sites remembered; tasks from further sites get no site."""
 
 RECORD_ATTR = "_asyncio_agent_record"
-"""Attribute set on each task: ``(Site or None, creation time from time.monotonic())``.
+"""Attribute set on each task: an int packing the site's index and the creation time.
 
 Kept on the task itself because in a cyclic collection weak references are cleared
 before finalizers run: a side table would already be empty when the report arrives.
+An int, not a tuple: an object the garbage collector does not track, so the task's
+attribute dict stays untracked too and the host's collections do not slow down.
 """
+
+_TIME_BITS = 42  # milliseconds of time.monotonic(): 139 years
+_TIME_MASK = (1 << _TIME_BITS) - 1
+_MS = 0.001
 
 
 class Site:
@@ -47,6 +52,11 @@ class Site:
         return f"Site({self.filename}:{self.lineno} in {self.function})"
 
 
+# Every Site ever resolved, shared by all installations so that a record made before
+# an uninstall/install cycle still decodes to its own site. Index 0: no site known.
+_SITE_LIST: list[Optional[Site]] = [None]
+
+
 class SiteRecorder:
     """Finds and caches creation sites, skipping asyncio's and the agent's frames."""
 
@@ -59,10 +69,11 @@ class SiteRecorder:
         # is never mistaken for the code it replaced.
         # id(code) -> (code, is it internal: asyncio, the agent, or configured?)
         self._internal: dict[int, tuple[CodeType, bool]] = {}
-        # (id(site code), site offset, id(parent code), parent offset). The parent
-        # tells apart one helper called from two places.
-        #   -> [site code, parent code, Site, the record tasks share right now]
+        # (id(site code), site offset, id(parent code), parent offset) -> entry:
+        # [site code, parent code, site index, current record, record valid until].
+        # The parent tells apart one helper called from two places.
         self._sites: dict[tuple[int, int, int, int], list[Any]] = {}
+        self._site_list = _SITE_LIST
 
     def _is_internal(self, frame: FrameType) -> bool:
         code = frame.f_code
@@ -73,16 +84,15 @@ class SiteRecorder:
         internal = isinstance(module, str) and any(
             module == prefix or module.startswith(prefix + ".") for prefix in self._prefixes
         )
-        if len(self._internal) < _MAX_SITES * 4:
+        if len(self._internal) < MAX_SITES * 4:
             self._internal[id(code)] = (code, internal)
         return internal
 
-    def record(self, skip: int) -> Record:
+    def record(self, skip: int) -> int:
         """The record for a task created by the caller ``skip`` frames above this call.
 
-        Called once per created task, so it is written for speed: no string work, no
-        allocation on a cache hit. Tasks created at one site within the same
-        millisecond share one record tuple; ``task_age_s`` is exact to that millisecond.
+        Called once per created task. Tasks created at one site within the same
+        millisecond share one record object, so a cache hit allocates nothing.
         """
         frame: Optional[FrameType] = _getframe(skip + 1)
         internal = self._internal
@@ -95,9 +105,9 @@ class SiteRecorder:
             elif not known[1]:
                 break
             frame = frame.f_back
+        now = _monotonic()
         if frame is None:
-            return (None, _monotonic())
-        code = frame.f_code
+            return int(now * 1000) & _TIME_MASK
         parent = frame.f_back
         if parent is None:
             parent_code = None
@@ -105,20 +115,29 @@ class SiteRecorder:
         else:
             parent_code = parent.f_code
             key = (id(code), frame.f_lasti, id(parent_code), parent.f_lasti)
-        now = _monotonic()
         entry = self._sites.get(key)
         if entry is not None and entry[0] is code and entry[1] is parent_code:
-            shared: Record = entry[3]
-            if now - shared[1] < _SHARE_RECORD_S:
-                return shared
-            shared = (entry[2], now)
-            entry[3] = shared
-            return shared
-        site = self._resolve(frame)
-        shared = (site, now)
-        if len(self._sites) < _MAX_SITES or entry is not None:
-            self._sites[key] = [code, parent_code, site, shared]
-        return shared
+            if now < entry[4]:
+                record: int = entry[3]
+                return record
+            index = entry[2]
+        else:
+            entry = None
+            index = self._new_site(frame)
+        millis = int(now * 1000)
+        record = (index << _TIME_BITS) | (millis & _TIME_MASK)
+        if entry is not None:
+            entry[3] = record
+            entry[4] = (millis + 1) * _MS
+        elif index and len(self._sites) < MAX_SITES:
+            self._sites[key] = [code, parent_code, index, record, (millis + 1) * _MS]
+        return record
+
+    def _new_site(self, frame: FrameType) -> int:
+        if len(self._site_list) > MAX_SITES:
+            return 0
+        self._site_list.append(self._resolve(frame))
+        return len(self._site_list) - 1
 
     def _resolve(self, frame: FrameType) -> Site:
         code = frame.f_code
@@ -134,6 +153,17 @@ class SiteRecorder:
         lines.reverse()
         return Site(code.co_filename, frame.f_lineno, function, tuple(lines))
 
+    def decode(self, record: object) -> tuple[Optional[Site], Optional[float]]:
+        """The site and ``time.monotonic()`` creation time packed in ``record``.
+
+        Safe in a finalizer: two integer operations and a list index.
+        """
+        if type(record) is not int:
+            return None, None
+        index = record >> _TIME_BITS
+        site = self._site_list[index] if 0 < index < len(self._site_list) else None
+        return site, (record & _TIME_MASK) * _MS
+
     def site_count(self) -> int:
-        """How many distinct sites are cached (bounded)."""
-        return len(self._sites)
+        """How many distinct sites are known (at most :data:`MAX_SITES`)."""
+        return len(self._site_list) - 1
