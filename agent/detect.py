@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 from agent.report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report
-from agent.sites import RECORD_ATTR, Site
+from agent.sites import RECORD_ATTR, SPAN_ATTR, Site
 
 # The exact texts of CPython's finalizers (Modules/_asynciomodule.c and
 # Lib/asyncio/{tasks,futures}.py). The unretrieved one starts with the class name.
@@ -149,4 +149,5 @@ def report_from_context(loop: Any, context: Mapping[str, Any], decode: Decoder) 
         timestamp=_wall(),
         pid=os.getpid(),
         thread=_thread_name(loop),
+        span=getattr(task, SPAN_ATTR, None),
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.detect import Decoder, report_from_context
 from agent.report import Report
-from agent.sites import RECORD_ATTR, SiteRecorder
+from agent.sites import RECORD_ATTR, SPAN_ATTR, SiteRecorder
 
 _WRAPPER_MARK = "__asyncio_agent_wrapper__"
 _THIS_FILE = sys._getframe().f_code.co_filename
@@ -82,6 +82,11 @@ def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> C
             task = original(self, coro, name=name, context=context)
             try:
                 task._asyncio_agent_record = record(1)
+                probe = recorder.span_probe
+                if probe is not None:
+                    span = probe()
+                    if span is not None:
+                        task._asyncio_agent_span = span
                 if task._source_traceback:  # only in asyncio debug mode
                     _hide_wrapper_frame(task)
             except Exception:
@@ -94,6 +99,11 @@ def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> C
             task = original(self, coro, *args, **kwargs)
             try:
                 task._asyncio_agent_record = record(1)
+                probe = recorder.span_probe
+                if probe is not None:
+                    span = probe()
+                    if span is not None:
+                        task._asyncio_agent_span = span
                 if task._source_traceback:
                     _hide_wrapper_frame(task)
             except Exception:
@@ -124,7 +134,8 @@ def _make_call_exception_handler(
     return call_exception_handler
 
 
-assert RECORD_ATTR == "_asyncio_agent_record"  # the literal above, for speed
+# The literals in the wrappers above, spelled out for speed.
+assert RECORD_ATTR == "_asyncio_agent_record" and SPAN_ATTR == "_asyncio_agent_span"
 
 
 class LoopPatcher:

@@ -28,6 +28,7 @@ class Report:
         "kind",
         "pid",
         "site",
+        "span",
         "task_age_s",
         "task_name",
         "thread",
@@ -49,6 +50,7 @@ class Report:
         timestamp: float,
         pid: int,
         thread: str,
+        span: object = None,
     ) -> None:
         self.kind = kind
         self.task_name = task_name
@@ -64,6 +66,8 @@ class Report:
         self.timestamp = timestamp
         self.pid = pid
         self.thread = thread
+        # What a tracing integration's span probe kept at task creation (ids only).
+        self.span = span
 
     def traceback_text(self) -> Optional[str]:
         """The exception's formatted traceback, as CPython would print it."""

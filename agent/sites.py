@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any, Optional
 
@@ -21,6 +22,9 @@ INTERNAL_MODULES: tuple[str, ...] = ("asyncio", "agent", "uvloop")
 
 MAX_SITES = 16_384
 """Distinct creation sites remembered; tasks from further sites get no site."""
+
+SPAN_ATTR = "_asyncio_agent_span"
+"""Attribute set on a task when a span probe is active and returned something."""
 
 RECORD_ATTR = "_asyncio_agent_record"
 """Attribute set on each task: an int packing the site's index and the creation time.
@@ -74,6 +78,10 @@ class SiteRecorder:
         # The parent tells apart one helper called from two places.
         self._sites: dict[tuple[int, int, int, int], list[Any]] = {}
         self._site_list = _SITE_LIST
+        self.span_probe: Optional[Callable[[], object]] = None
+        """Set by a tracing integration: returns what to keep of the span current at
+        task creation (stored as ``task._asyncio_agent_span``), or None. Must be cheap
+        and must not keep the span or its context alive (ids only)."""
 
     def _is_internal(self, frame: FrameType) -> bool:
         code = frame.f_code
