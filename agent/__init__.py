@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["flush", "install", "instrument_loop", "is_installed", "uninstall"]
+__all__ = ["flush", "install", "instrument_loop", "is_installed", "snapshot", "uninstall"]
 __version__ = "0.1.0"
 
 
@@ -52,6 +52,19 @@ def instrument_loop(loop: Any) -> bool:
     from agent import runtime
 
     return runtime.instrument_loop(loop)
+
+
+def snapshot() -> Any:
+    """The live tasks of every loop and thread, grouped by creation site, largest first.
+
+    Returns a frozen :class:`agent.snapshot.Snapshot` (``.to_dict()`` for JSON): per
+    site the count, oldest age, states, coroutines, example names and where pending
+    tasks are waiting. Keeps no task alive after it returns. Works without
+    :func:`install` too, but then no task has a creation site.
+    """
+    from agent.snapshot import take_snapshot
+
+    return take_snapshot()
 
 
 def is_installed() -> bool:

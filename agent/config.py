@@ -7,8 +7,9 @@ becomes one warning naming the variable and the value used instead.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 from agent.notices import warn_once
 
@@ -35,6 +36,18 @@ class Settings:
     """Reports waiting to be written; beyond this they are dropped and counted."""
     skip_modules: tuple[str, ...] = ()
     """Extra module-name prefixes never taken as a creation site (e.g. ``anyio``)."""
+    rate_limit: int = 1000
+    """Reports written per creation site and kind per second (0: no limit); the rest
+    are counted in ``asyncio.agent.reports_suppressed`` events."""
+    redact: bool = False
+    """Replace exception messages (and the traceback's exception line) by the type."""
+    path_root: Optional[str] = None
+    """File paths under this folder are written relative to it."""
+
+    dump_signal: str = ""
+    """Signal name (``SIGUSR1``) that writes a task snapshot event; empty = off."""
+    snapshot_interval: float = 0.0
+    """Seconds between task snapshot events; 0 = off."""
 
 
 # Environment variable suffix -> Settings field.
@@ -44,6 +57,11 @@ _ENV_FIELDS = {
     "STACK_DEPTH": "stack_depth",
     "QUEUE_SIZE": "queue_size",
     "SKIP_MODULES": "skip_modules",
+    "RATE_LIMIT": "rate_limit",
+    "REDACT": "redact",
+    "PATH_ROOT": "path_root",
+    "DUMP_SIGNAL": "dump_signal",
+    "SNAPSHOT_INTERVAL": "snapshot_interval",
 }
 # Names that are read elsewhere (activation) and so are not unknown.
 _OTHER_KNOWN = frozenset({ENV_PREFIX})
@@ -104,12 +122,82 @@ def _modules(name: str, raw: object) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item.strip())
 
 
+def _redact(name: str, raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in _TRUE:
+        return True
+    if not value:
+        warn_once(name, f"{name}={raw!r} is empty; using 0 (messages are kept)")
+        return False
+    if value not in _FALSE:
+        # Unclear about privacy: err on the side of redacting.
+        warn_once(name, f"{name}={raw!r} is not one of 1/true/yes/on or 0/false/no/off; using 1")
+        return True
+    return False
+
+
+def _path_root(name: str, raw: object) -> Optional[str]:
+    if raw is None:
+        return None
+    value = str(raw).strip()
+    if not value:
+        warn_once(name, f"{name}={raw!r} is empty; using none (paths are kept as they are)")
+        return None
+    if not os.path.isabs(value):
+        absolute = os.path.abspath(value)
+        warn_once(name, f"{name}={raw!r} is not an absolute path; using {absolute!r}")
+        return absolute
+    return os.path.normpath(value)
+
+
+def _signal_name(name: str, raw: object) -> str:
+    import signal
+
+    text = str(raw).strip().upper()
+    if not text or text.lower() in _FALSE:
+        return ""
+    full = text if text.startswith("SIG") else "SIG" + text
+    if not isinstance(getattr(signal, full, None), signal.Signals) or full in (
+        "SIGKILL",
+        "SIGSTOP",
+    ):
+        warn_once(name, f"{name}={raw!r} is not a signal that can be caught here; using '' (off)")
+        return ""
+    return full
+
+
+def _seconds(name: str, raw: object) -> float:
+    import math
+
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = float(str(raw).strip() or "0")
+    except ValueError:
+        warn_once(name, f"{name}={raw!r} is not a number of seconds; using 0 (off)")
+        return 0.0
+    if not math.isfinite(value) or value < 0:
+        warn_once(name, f"{name}={raw!r} is not a finite number >= 0; using 0 (off)")
+        return 0.0
+    if 0 < value < 0.1:
+        warn_once(name, f"{name}={raw!r} is below 0.1; using 0.1")
+        return 0.1
+    return value
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "output": _output,
     "format": _format,
     "stack_depth": lambda name, raw: _whole_number(name, raw, 8, 0, 256),
     "queue_size": lambda name, raw: _whole_number(name, raw, 10_000, 1, 10_000_000),
     "skip_modules": _modules,
+    "rate_limit": lambda name, raw: _whole_number(name, raw, 1000, 0, 10_000_000),
+    "redact": _redact,
+    "path_root": _path_root,
+    "dump_signal": _signal_name,
+    "snapshot_interval": _seconds,
 }
 
 

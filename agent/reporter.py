@@ -14,10 +14,11 @@ import queue
 import sys
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional, Protocol, Union
 
 from agent.notices import warn_once
+from agent.ratelimit import RateLimiter
 from agent.report import Report
 
 
@@ -43,14 +44,27 @@ class _Stop:
 
 
 _STOP = _Stop()
-_Item = Union[Report, _FlushMarker, _Stop]
+
+
+class _Call:
+    """A job to run in the writer thread (snapshots: they write through the sinks)."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self.function = function
+
+
+_Item = Union[Report, _FlushMarker, _Stop, _Call]
 
 
 class Reporter:
     """Moves reports from finalizers to sinks without ever blocking a finalizer."""
 
-    def __init__(self, sinks: Sequence[Sink], queue_size: int) -> None:
+    def __init__(self, sinks: Sequence[Sink], queue_size: int, rate_limit: int = 0) -> None:
         self._sinks = list(sinks)
+        # Applied here in the writer thread, never in the finalizer (it reads a clock).
+        self._limiter = RateLimiter(rate_limit)
         self._capacity = queue_size
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._drop_counter = itertools.count(1)
@@ -61,6 +75,8 @@ class Reporter:
         # the few that arrive while the interpreter shuts down are written in place.
         self._inline = False
         self._closed = False
+        # Called with every report in the writer thread (the pytest plugin's way in).
+        self._listeners: list[Callable[[Report], None]] = []
         _live_reporters.add(self)
 
     # -- finalizer side --------------------------------------------------------
@@ -80,6 +96,25 @@ class Reporter:
 
     # -- application side ------------------------------------------------------
 
+    def add_listener(self, listener: Callable[[Report], None]) -> None:
+        """Also hand every report to ``listener`` (in the writer thread; must not block)."""
+        self._listeners = [*self._listeners, listener]
+
+    def remove_listener(self, listener: Callable[[Report], None]) -> None:
+        """Stop calling ``listener``; unknown listeners are ignored."""
+        self._listeners = [known for known in self._listeners if known is not listener]
+
+    def call_soon(self, function: Callable[[], None]) -> None:
+        """Run ``function`` in the writer thread, after what is queued; safe in a
+        signal handler (one reentrant ``put``). Run in place once writing is inline."""
+        if self._closed:
+            return
+        if self._inline:
+            with contextlib.suppress(Exception):
+                function()
+            return
+        self._queue.put(_Call(function))
+
     def start(self) -> None:
         """Start the writer thread if it is not running."""
         if self._closed or self._inline:
@@ -96,6 +131,7 @@ class Reporter:
         thread = self._thread
         if thread is None or not thread.is_alive() or thread is threading.current_thread():
             self._drain()
+            self._flush_exports()
             return True
         marker = _FlushMarker()
         self._queue.put(marker)
@@ -119,7 +155,23 @@ class Reporter:
         if thread is not None and thread.is_alive():
             self._queue.put(_STOP)
             thread.join(timeout)
+            if thread.is_alive():
+                return  # a sink is stuck: never hang the exiting program on it
         self._drain()
+        self._say_dropped()
+        self._say_suppressed(force=True)
+        for sink in self._sinks:
+            # Exporting sinks (OpenTelemetry) push out what they batched, time-bounded.
+            close_exports = getattr(sink, "close_exports", None)
+            if close_exports is not None:
+                with contextlib.suppress(Exception):
+                    close_exports(timeout)
+        for sink in self._sinks:
+            # A sink that could not write says once, at exit, how much it lost.
+            summarize = getattr(sink, "summarize_losses", None)
+            if summarize is not None:
+                with contextlib.suppress(Exception):
+                    summarize()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Like :meth:`close`, then ignore every later report (used by uninstall)."""
@@ -130,9 +182,16 @@ class Reporter:
     # -- writer thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        get = self._queue.get
         while True:
-            item = get()
+            if self._limiter.pending:
+                # Suppressed counts are said within a second even if nothing follows.
+                try:
+                    item = self._queue.get(timeout=1.0)
+                except queue.Empty:
+                    self._say_suppressed(force=True)
+                    continue
+            else:
+                item = self._queue.get()
             if isinstance(item, _Stop):
                 return
             self._handle(item)
@@ -149,10 +208,23 @@ class Reporter:
     def _handle(self, item: _Item) -> None:
         if isinstance(item, _FlushMarker):
             self._say_dropped()
+            self._say_suppressed(force=True)
+            self._flush_exports()
             item.done.set()
             return
+        if isinstance(item, _Call):
+            try:
+                item.function()
+            except Exception as exc:
+                warn_once("reporter:call", f"a background job failed ({type(exc).__name__}: {exc})")
+            return
         if isinstance(item, Report):
-            self._write(item)
+            for listener in self._listeners:
+                with contextlib.suppress(Exception):
+                    listener(item)
+            if self._limiter.allow(item):
+                self._write(item)
+            self._say_suppressed(force=False)
         if self._queue.empty():
             self._say_dropped()
 
@@ -168,6 +240,22 @@ class Reporter:
                     f"{type(sink).__name__} failed ({type(exc).__name__}: {exc}); "
                     "its reports are being lost",
                 )
+
+    def _flush_exports(self) -> None:
+        # Sinks that batch (OpenTelemetry) hand over what they hold; each is time-bounded.
+        for sink in self._sinks:
+            flush_exports = getattr(sink, "flush_exports", None)
+            if flush_exports is not None:
+                with contextlib.suppress(Exception):
+                    flush_exports()
+
+    def _say_suppressed(self, force: bool) -> None:
+        for site, kind, count in self._limiter.take_suppressed(force):
+            for sink in self._sinks:
+                emit = getattr(sink, "emit_suppressed", None)
+                if emit is not None:
+                    with contextlib.suppress(Exception):
+                        emit(site, kind, count)
 
     def _say_dropped(self) -> None:
         dropped = self._dropped

@@ -14,8 +14,11 @@ from typing import Any, Optional
 
 from agent.config import Settings, load_settings
 from agent.importhook import PostImportHook
+from agent.privacy import redacting
 from agent.reporter import Reporter
 from agent.sinks.events import EventSink
+from agent.sinks.otel import OtelSink
+from agent.tracing import TRACE_MODULE, SpanProbeSwitch
 
 
 class Installation:
@@ -27,16 +30,40 @@ class Installation:
 
         self.settings = settings
         self.event_sink = EventSink(settings)
-        self.reporter = Reporter([self.event_sink], settings.queue_size)
+        # Spans and metrics; inert (imports nothing) unless OpenTelemetry is in use.
+        self.otel_sink = OtelSink(os.environ)
+        self.reporter = Reporter(
+            [self.event_sink, self.otel_sink], settings.queue_size, rate_limit=settings.rate_limit
+        )
         self.recorder = SiteRecorder(settings.stack_depth, settings.skip_modules)
-        self.patcher = LoopPatcher(self.recorder, self.reporter.submit)
+        self.span_switch = SpanProbeSwitch(self.recorder)
+        # Redaction runs in the finalizer, so the message never reaches the queue.
+        submit = redacting(self.reporter.submit) if settings.redact else self.reporter.submit
+        self.patcher = LoopPatcher(self.recorder, submit)
+        # Snapshot dumps (signal / timer) exist only when a setting asks for them.
+        self.dumper: Any = None
+        if settings.dump_signal or settings.snapshot_interval:
+            from agent.snapshot_dump import SnapshotDumper
+
+            self.dumper = SnapshotDumper(settings, self.reporter, self.event_sink, self.recorder)
         self.hook = PostImportHook(
-            {"asyncio.base_events": self._asyncio_imported, "uvloop": self._uvloop_imported}
+            {
+                "asyncio.base_events": self._asyncio_imported,
+                "uvloop": self._uvloop_imported,
+                TRACE_MODULE: self._otel_imported,
+                "opentelemetry.metrics": self._otel_imported,
+            }
         )
 
     def _asyncio_imported(self, module: ModuleType) -> None:
         self.patcher.on_asyncio_imported(module)
         self.reporter.start()
+        self.otel_sink.start()
+
+    def _otel_imported(self, module: ModuleType) -> None:
+        if module.__name__ == TRACE_MODULE:
+            self.span_switch.on_trace_imported(module)
+        self.otel_sink.start()
 
     def _uvloop_imported(self, module: ModuleType) -> None:
         self.patcher.on_uvloop_imported(module)
@@ -44,6 +71,10 @@ class Installation:
 
     def start(self) -> None:
         self.hook.install()
+        # With OTEL_*_EXPORTER set, the SDK is imported in the background from now on.
+        self.otel_sink.start()
+        if self.dumper is not None:
+            self.dumper.start()
         running = _running_loop()
         if running is not None:
             self.instrument_loop(running)
@@ -56,8 +87,12 @@ class Installation:
 
     def stop(self, timeout: float) -> None:
         self.hook.remove()
+        self.span_switch.remove()
         self.patcher.unpatch_all()
+        if self.dumper is not None:
+            self.dumper.stop()
         self.reporter.shutdown(timeout)
+        self.event_sink.close()
 
 
 _lock = threading.Lock()

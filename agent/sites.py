@@ -8,6 +8,7 @@ distinct call site and cached.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from types import CodeType, FrameType
@@ -59,6 +60,7 @@ class Site:
 # Every Site ever resolved, shared by all installations so that a record made before
 # an uninstall/install cycle still decodes to its own site. Index 0: no site known.
 _SITE_LIST: list[Optional[Site]] = [None]
+_SITE_LIST_LOCK = threading.Lock()  # taken on a cache miss only, never in a finalizer
 
 
 class SiteRecorder:
@@ -144,8 +146,10 @@ class SiteRecorder:
     def _new_site(self, frame: FrameType) -> int:
         if len(self._site_list) > MAX_SITES:
             return 0
-        self._site_list.append(self._resolve(frame))
-        return len(self._site_list) - 1
+        site = self._resolve(frame)
+        with _SITE_LIST_LOCK:  # append and index must agree across threads
+            self._site_list.append(site)
+            return len(self._site_list) - 1
 
     def _resolve(self, frame: FrameType) -> Site:
         code = frame.f_code

@@ -26,7 +26,16 @@ for version in $PYTHONS; do
     # uvloop is in the test extra; where it does not install, install the rest alone.
     if ! "$venv/bin/python" -m pip install -q ".[test]" 2>"$venv/pip.log"; then
         echo "(uvloop did not install on $version; its tests will skip)"
-        "$venv/bin/python" -m pip install -q . pytest pytest-xdist || { status=1; continue; }
+        "$venv/bin/python" -m pip install -q . pytest pytest-xdist pytest-asyncio anyio \
+            || { status=1; continue; }
+    fi
+    # OpenTelemetry tests: SDK, exporters, auto-instrumentation and the rotel collector.
+    # Where the collector (or anything else) does not install, those tests skip.
+    if ! "$venv/bin/python" -m pip install -q ".[otel-test]" 2>>"$venv/pip.log"; then
+        echo "(rotel did not install on $version; the collector tests will skip)"
+        "$venv/bin/python" -m pip install -q ".[otlp]" opentelemetry-instrumentation \
+            opentelemetry-distro 2>>"$venv/pip.log" \
+            || echo "(OpenTelemetry did not install on $version; its tests will skip)"
     fi
     "$venv/bin/python" -m pytest -n 2 -q -p no:cacheprovider \
         --junitxml=".venvs/reports/$version.xml" "$@"

@@ -7,6 +7,7 @@ configuration: it builds its own logger with its own processors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -16,31 +17,45 @@ from typing import Any, Optional, TextIO
 
 from agent.config import Settings
 from agent.notices import warn_once
+from agent.privacy import PathRewriter
+from agent.ratelimit import SUPPRESSED_EVENT
 from agent.report import EXCEPTION_UNRETRIEVED, Report
+from agent.sites import Site
+from agent.tracing import hex_ids
 
 DROPPED_EVENT = "asyncio.agent.reports_dropped"
+SNAPSHOT_EVENT = "asyncio.tasks.snapshot"
+GROWING_EVENT = "asyncio.tasks.growing"
+_KEEP_PATHS = PathRewriter(None)
 
 # Fields first in every line, in this order, so a person can read the JSON too.
 _LEADING = ("timestamp", "level", "event")
 
 
-def report_fields(report: Report) -> dict[str, Any]:
-    """The contract's event fields for ``report`` (without event, level, timestamp)."""
+def report_fields(report: Report, paths: Optional[PathRewriter] = None) -> dict[str, Any]:
+    """The contract's event fields for ``report`` (without event, level, timestamp).
+
+    ``paths`` makes file paths relative to the configured root (ASYNCIO_AGENT_PATH_ROOT).
+    """
+    paths = paths or _KEEP_PATHS
     site = report.site
     fields: dict[str, Any] = {
         "task_name": report.task_name,
         "coroutine": report.coroutine,
-        "creation_file": site.filename if site else None,
+        "creation_file": paths.path(site.filename) if site else None,
         "creation_line": site.lineno if site else None,
         "creation_function": site.function if site else None,
-        "creation_stack": list(site.stack) if site else [],
+        "creation_stack": paths.stack(list(site.stack)) if site else [],
         "at_shutdown": report.at_shutdown,
         "task_age_s": None if report.task_age_s is None else round(report.task_age_s, 6),
     }
     if report.kind == EXCEPTION_UNRETRIEVED:
         fields["exception_type"] = report.exception_type
         fields["exception_message"] = report.exception_message
-        fields["traceback"] = report.traceback_text()
+        fields["traceback"] = paths.traceback(report.traceback_text())
+    ids = hex_ids(report.span)
+    if ids is not None:  # the OpenTelemetry span current at creation: logs join traces
+        fields["trace_id"], fields["span_id"] = ids
     fields["pid"] = report.pid
     fields["thread"] = report.thread
     fields["_timestamp"] = report.timestamp
@@ -128,14 +143,20 @@ class EventSink:
 
     def __init__(self, settings: Settings) -> None:
         self._fd: Optional[int] = None
+        self._fd_identity: tuple[int, int] = (0, 0)
+        self._path = settings.output
         self._stream_name: Optional[str] = None
         self._format = settings.format
+        self._paths = PathRewriter(settings.path_root)
+        self.lost = 0
+        """Lines that could not be written (output deleted, full, closed, ...)."""
+        self._lost_reason = ""
         target = settings.output
         if target.lower() in ("stderr", "stdout"):
             self._stream_name = target.lower()
         else:
             try:
-                self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self._open_file()
             except OSError as exc:
                 warn_once(
                     "ASYNCIO_AGENT_OUTPUT",
@@ -150,24 +171,78 @@ class EventSink:
     @property
     def description(self) -> str:
         """Where events go, for people (``stderr``, ``stdout`` or the file path)."""
-        return self._stream_name or f"fd {self._fd}"
+        return self._stream_name or self._path
 
     def _stream(self) -> Optional[TextIO]:
         return sys.stderr if self._stream_name == "stderr" else sys.stdout
 
+    def _open_file(self) -> None:
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        status = os.fstat(fd)
+        self._fd = fd
+        self._fd_identity = (status.st_dev, status.st_ino)
+
+    def _checked_fd(self) -> int:
+        """Our descriptor, reopened if the file was deleted or the descriptor closed.
+
+        The application may close our descriptor and reuse its number for a file of its
+        own: then the identity differs, and that descriptor is left alone.
+        """
+        fd = self._fd
+        assert fd is not None
+        try:
+            status = os.fstat(fd)
+        except OSError:
+            status = None
+        if status is not None and (status.st_dev, status.st_ino) == self._fd_identity:
+            if status.st_nlink > 0:
+                return fd
+            os.close(fd)  # ours, but deleted: write to a new file at the path
+            why = "was deleted; writing to a new file there"
+        else:
+            why = "lost its descriptor (closed by the program?); reopened"
+        warn_once(f"output-reopened:{self._path}", f"ASYNCIO_AGENT_OUTPUT={self._path!r} {why}")
+        self._open_file()
+        return self._fd  # type: ignore[return-value]
+
     def _write_line(self, line: str) -> None:
+        try:
+            self._write_raw(line)
+        except Exception as exc:
+            # A full disk, a closed stdout, a broken pipe: never the application's
+            # problem. Say it once, count the rest, and say the count at exit.
+            self.lost += 1
+            if not self._lost_reason:
+                self._lost_reason = f"{type(exc).__name__}: {exc}"
+                warn_once(
+                    f"output-failed:{self.description}",
+                    f"cannot write events to {self.description} ({self._lost_reason}); "
+                    "they are being counted and lost",
+                )
+
+    def _write_raw(self, line: str) -> None:
         if self._fd is not None:
+            fd = self._checked_fd()
             # One write per line: O_APPEND keeps lines whole across processes.
             data = line.encode("utf-8", "replace")
             while data:
-                written = os.write(self._fd, data)
+                written = os.write(fd, data)
                 data = data[written:]
             return
         stream = self._stream()
         if stream is None:
-            return
+            raise OSError(f"sys.{self._stream_name} is None")
         stream.write(line)
         stream.flush()
+
+    def summarize_losses(self) -> None:
+        """At exit: one warning with the number of events that could not be written."""
+        if self.lost:
+            warn_once(
+                f"output-lost:{self.description}",
+                f"{self.lost} event(s) could not be written to {self.description} "
+                f"({self._lost_reason})",
+            )
 
     def prepare(self) -> None:
         """Import structlog and build the logger now (before shutdown, where imports fail)."""
@@ -199,10 +274,40 @@ class EventSink:
             self._logger = structlog.BoundLogger(_LineWriter(self._write_line), processors, {})
         return self._logger
 
+    def close(self) -> None:
+        """Close the output file, if there is one (used by uninstall)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._stream_name is None:
+            self._stream_name = "stderr"  # anything later goes somewhere visible
+
     def emit(self, report: Report) -> None:
         """Write ``report`` as one event named after its kind."""
-        self._bound_logger().error(report.kind, **report_fields(report))
+        self._bound_logger().error(report.kind, **report_fields(report, self._paths))
 
     def emit_dropped(self, count: int) -> None:
         """Write one ``asyncio.agent.reports_dropped`` event."""
         self._bound_logger().warning(DROPPED_EVENT, count=count, pid=os.getpid())
+
+    def emit_snapshot(self, fields: dict[str, Any], growing: list[dict[str, Any]]) -> None:
+        """Write one ``asyncio.tasks.snapshot`` event (live tasks by site, see
+        :mod:`agent.snapshot`), then ``asyncio.tasks.growing`` if some sites keep growing."""
+        logger = self._bound_logger()
+        logger.info(SNAPSHOT_EVENT, **fields, growing=growing)
+        if growing:
+            logger.warning(GROWING_EVENT, sites=growing, pid=fields.get("pid"))
+
+    def emit_suppressed(self, site: Optional[Site], kind: str, count: int) -> None:
+        """Write one ``asyncio.agent.reports_suppressed`` event: ``count`` reports of
+        ``kind`` from ``site`` held back by the rate limit."""
+        self._bound_logger().warning(
+            SUPPRESSED_EVENT,
+            count=count,
+            suppressed_event=kind,
+            creation_file=self._paths.path(site.filename) if site else None,
+            creation_line=site.lineno if site else None,
+            creation_function=site.function if site else None,
+            pid=os.getpid(),
+        )

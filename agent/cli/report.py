@@ -1,0 +1,255 @@
+"""``python -m agent report``: event files from many processes, grouped by creation site.
+
+Owns reading JSON-lines event files and the table, JSON and Markdown renderings. Never
+fails on a bad line: truncated, foreign or unreadable lines are counted and reported.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Optional, TextIO
+
+KINDS = {
+    "asyncio.task.destroyed_pending": "destroyed pending",
+    "asyncio.task.exception_unretrieved": "exception unretrieved",
+}
+
+
+@dataclass
+class Group:
+    """All events of one kind from one creation site."""
+
+    kind: str
+    creation_file: Optional[str]
+    creation_line: Optional[int]
+    creation_function: Optional[str]
+    count: int = 0
+    first_seen: Optional[str] = None
+    last_seen: Optional[str] = None
+    example_exception: Optional[str] = None
+    at_shutdown: int = 0
+    coroutines: collections.Counter[str] = field(default_factory=collections.Counter)
+    pids: set[int] = field(default_factory=set)
+
+    @property
+    def site(self) -> str:
+        """``file:line in function``, or ``<unknown>``."""
+        if not self.creation_file:
+            return "<unknown>"
+        return f"{self.creation_file}:{self.creation_line} in {self.creation_function}"
+
+    def add(self, event: dict[str, Any]) -> None:
+        self.count += 1
+        stamp = event.get("timestamp")
+        if isinstance(stamp, str):
+            # ISO 8601 UTC with a fixed layout: text order is time order.
+            if self.first_seen is None or stamp < self.first_seen:
+                self.first_seen = stamp
+            if self.last_seen is None or stamp > self.last_seen:
+                self.last_seen = stamp
+        if self.example_exception is None and event.get("exception_type"):
+            message = event.get("exception_message")
+            self.example_exception = (
+                f"{event['exception_type']}: {message}" if message else str(event["exception_type"])
+            )
+        if event.get("at_shutdown") is True:
+            self.at_shutdown += 1
+        coroutine = event.get("coroutine")
+        if isinstance(coroutine, str):
+            self.coroutines[coroutine] += 1
+        pid = event.get("pid")
+        if isinstance(pid, int):
+            self.pids.add(pid)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON."""
+        return {
+            "kind": self.kind,
+            "creation_file": self.creation_file,
+            "creation_line": self.creation_line,
+            "creation_function": self.creation_function,
+            "count": self.count,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "example_exception": self.example_exception,
+            "at_shutdown": self.at_shutdown,
+            "coroutines": dict(self.coroutines.most_common()),
+            "pids": sorted(self.pids),
+        }
+
+
+@dataclass
+class Summary:
+    """What the files held: the groups, and what could not be used."""
+
+    groups: list[Group]
+    files: list[str]
+    lines: int = 0
+    unreadable_lines: int = 0
+    foreign_lines: int = 0
+    other_events: collections.Counter[str] = field(default_factory=collections.Counter)
+    missing_files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON."""
+        return {
+            "files": self.files,
+            "missing_files": self.missing_files,
+            "lines": self.lines,
+            "unreadable_lines": self.unreadable_lines,
+            "foreign_lines": self.foreign_lines,
+            "other_events": dict(self.other_events),
+            "groups": [group.to_dict() for group in self.groups],
+        }
+
+
+def _lines(path: str) -> Iterator[str]:
+    if path == "-":
+        yield from sys.stdin
+        return
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        yield from stream
+
+
+def summarize(paths: Iterable[str]) -> Summary:
+    """Read every file in ``paths`` and group their task events by kind and site."""
+    summary = Summary(groups=[], files=[])
+    groups: dict[tuple[Any, ...], Group] = {}
+    for path in paths:
+        try:
+            lines = list(_lines(path))
+        except OSError as exc:
+            summary.missing_files.append(f"{path} ({exc.strerror or exc})")
+            continue
+        summary.files.append(path)
+        for line in lines:
+            if not line.strip():
+                continue
+            summary.lines += 1
+            try:
+                event = json.loads(line)
+            except ValueError:
+                summary.unreadable_lines += 1  # truncated (a killed process) or not JSON
+                continue
+            name = event.get("event") if isinstance(event, dict) else None
+            if not isinstance(name, str):
+                summary.foreign_lines += 1
+                continue
+            if name not in KINDS:
+                if name.startswith("asyncio."):
+                    summary.other_events[name] += 1
+                else:
+                    summary.foreign_lines += 1
+                continue
+            line_no = event.get("creation_line")
+            key = (
+                name,
+                _text(event.get("creation_file")),
+                line_no if isinstance(line_no, int) else None,
+                _text(event.get("creation_function")),
+            )
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = Group(*key)
+            group.add(event)
+    summary.groups = sorted(groups.values(), key=lambda g: (-g.count, g.site, g.kind))
+    return summary
+
+
+def _text(value: object) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+_COLUMNS = ("COUNT", "KIND", "CREATION SITE", "FIRST SEEN", "LAST SEEN", "PIDS", "EXAMPLE")
+
+
+def _rows(summary: Summary) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for group in summary.groups:
+        pids = sorted(group.pids)
+        shown = ",".join(str(pid) for pid in pids[:5]) + (
+            f" +{len(pids) - 5}" if len(pids) > 5 else ""
+        )
+        example = group.example_exception or ", ".join(
+            c for c, _ in group.coroutines.most_common(2)
+        )
+        rows.append(
+            (
+                str(group.count),
+                KINDS[group.kind],
+                group.site,
+                group.first_seen or "",
+                group.last_seen or "",
+                shown,
+                example,
+            )
+        )
+    return rows
+
+
+def _footer(summary: Summary) -> list[str]:
+    total = sum(group.count for group in summary.groups)
+    lines = [
+        f"{total} task events in {len(summary.groups)} groups, from {len(summary.files)} "
+        f"file(s), {summary.lines} lines"
+    ]
+    if summary.unreadable_lines:
+        lines.append(f"{summary.unreadable_lines} line(s) unreadable (truncated or not JSON)")
+    if summary.foreign_lines:
+        lines.append(f"{summary.foreign_lines} line(s) not from the agent (ignored)")
+    if summary.other_events:
+        other = ", ".join(f"{name}: {n}" for name, n in sorted(summary.other_events.items()))
+        lines.append(f"other agent events: {other}")
+    lines.extend(f"could not read {missing}" for missing in summary.missing_files)
+    return lines
+
+
+def render_table(summary: Summary) -> str:
+    """Plain-text columns for a terminal."""
+    rows = _rows(summary)
+    widths = [max(len(row[i]) for row in [_COLUMNS, *rows]) for i in range(len(_COLUMNS))]
+    out = []
+    for row in [_COLUMNS, *rows]:
+        cells = [
+            cell.rjust(widths[0]) if i == 0 else cell.ljust(widths[i]) for i, cell in enumerate(row)
+        ]
+        out.append("  ".join(cells).rstrip())
+    if not rows:
+        out = ["no task events found"]
+    return "\n".join([*out, "", *_footer(summary)]) + "\n"
+
+
+def render_markdown(summary: Summary) -> str:
+    """A GitHub-flavoured Markdown table (for an issue or a pull request)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(c.title() if c != "PIDS" else "PIDs" for c in _COLUMNS) + " |"]
+    out.append("|" + "|".join("---:" if i == 0 else "---" for i in range(len(_COLUMNS))) + "|")
+    for row in _rows(summary):
+        out.append(
+            "| "
+            + " | ".join(f"`{cell(c)}`" if i == 2 else cell(c) for i, c in enumerate(row))
+            + " |"
+        )
+    return "\n".join([*out, "", *(f"_{line}_  " for line in _footer(summary))]) + "\n"
+
+
+def report_files(paths: list[str], style: str, stream: Optional[TextIO] = None) -> int:
+    """Print the summary of ``paths`` in ``style``; 2 if no file could be read, else 0."""
+    out = stream if stream is not None else sys.stdout
+    summary = summarize(paths)
+    if style == "json":
+        out.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+    elif style == "markdown":
+        out.write(render_markdown(summary))
+    else:
+        out.write(render_table(summary))
+    for missing in summary.missing_files:
+        sys.stderr.write(f"asyncio-agent report: could not read {missing}\n")
+    return 0 if summary.files else 2

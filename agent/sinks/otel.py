@@ -1,0 +1,385 @@
+"""The OpenTelemetry sink: each Report as an ERROR span inside its request's trace, plus metrics.
+
+Owns the span name, span attributes and metric instruments (names under
+``asyncio.task.*``). Runs in the reporter thread; never imports OpenTelemetry unless the
+application already did or ``OTEL_*_EXPORTER`` asks for it, and never raises.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from agent import otelenv
+from agent.notices import warn_once
+from agent.report import EXCEPTION_UNRETRIEVED, Report
+from agent.tracing import is_real_provider, unpack
+
+SCOPE = "asyncio-agent"
+ANOMALIES_METRIC = "asyncio.task.anomalies"
+LIVE_METRIC = "asyncio.task.live"
+MAX_SITE_VALUES = 100
+"""Distinct creation sites given their own metric attribute value; the rest are ``other``."""
+OTHER_SITE = "other"
+FLUSH_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 3.0
+
+
+def span_attributes(report: Report) -> dict[str, Any]:
+    """The span attributes for ``report``: semantic-convention ``code.*`` plus ``asyncio.*``."""
+    site = report.site
+    values: dict[str, Any] = {
+        "code.filepath": site.filename if site else None,
+        "code.lineno": site.lineno if site else None,
+        "code.function": site.function if site else None,
+        "code.stacktrace": "\n".join(site.stack) if site else None,
+        "asyncio.task.name": report.task_name,
+        "asyncio.task.coroutine": report.coroutine,
+        "asyncio.task.age_s": report.task_age_s,
+        "asyncio.at_shutdown": report.at_shutdown,
+        "thread.name": report.thread,
+        "process.pid": report.pid,
+    }
+    # OpenTelemetry rejects None attribute values (with a log line each).
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _live_task_count() -> int:
+    # Tasks the process still holds (not yet garbage-collected), all loops and threads:
+    # the sizes of asyncio's own registries, read when the metric is collected, so
+    # task creation does no counting work at all.
+    tasks = sys.modules.get("asyncio.tasks")
+    count = 0
+    # 3.12+: _scheduled_tasks and _eager_tasks; 3.10 and 3.11: _all_tasks.
+    for name in ("_scheduled_tasks", "_eager_tasks", "_all_tasks"):
+        registry = getattr(tasks, name, None)
+        if registry is not None:
+            try:
+                count += len(registry)
+            except Exception:
+                pass
+    return count
+
+
+def _is_real_meter_provider(provider: object) -> bool:
+    name = type(provider).__name__
+    return provider is not None and name not in ("_ProxyMeterProvider", "NoOpMeterProvider")
+
+
+class OtelSink:
+    """Emits anomalies as spans and metrics through the application's or its own providers."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = dict(environ)
+        self._trace_exporters = otelenv.requested_exporters(environ, "traces")
+        self._metric_exporters = otelenv.requested_exporters(environ, "metrics")
+        self._lock = threading.Lock()
+        self._tracer: Any = None
+        self._tracer_source: Any = None  # the provider the tracer came from
+        self._own_tracer_provider: Any = None
+        self._own_meter_provider: Any = None
+        self._built_own_traces = False
+        self._meter_resolved = False
+        self._counter: Any = None
+        self._sites: dict[str, str] = {}
+        self._unflushed = False
+        self._closed = False
+        self._started = False
+        self._stuck = False  # an export missed its deadline: do not wait for it again
+        self._broken = False  # setup failed once (warned): anomalies are not exported
+        self._problems = otelenv.ExportProblems()
+        self._bounded = otelenv.BoundedRunner()
+        self.delivery = otelenv.SpanDelivery()
+        self.dropped_after_close = 0
+
+    # -- when to wake up -----------------------------------------------------------
+
+    def _wanted(self) -> bool:
+        return bool(
+            self._trace_exporters
+            or self._metric_exporters
+            or "opentelemetry.trace" in sys.modules
+            or "opentelemetry.metrics" in sys.modules
+        )
+
+    def start(self) -> None:
+        """Set up providers and instruments in the background, once OTel is in use.
+
+        Called when asyncio is imported and when the application imports OpenTelemetry;
+        the first call that finds OTel in use starts the setup, later ones do nothing.
+        """
+        if self._started or not self._wanted() or self._closed:
+            return
+        self._started = True
+        if self._trace_exporters or self._metric_exporters:
+            # The exporters import it; once the interpreter starts shutting down, that
+            # import fails (it registers an exit hook), so do it now, while it is cheap
+            # (asyncio has already imported concurrent.futures).
+            import concurrent.futures.thread  # noqa: F401
+        # Not a daemon: the program's exit waits for a half-done SDK import rather than
+        # finishing it during interpreter shutdown, where imports and threads fail.
+        threading.Thread(target=self._setup, name="asyncio-agent-otel-setup").start()
+
+    def prepare(self) -> None:
+        """Import and build everything now, before interpreter shutdown forbids imports."""
+        if self._wanted():
+            self._setup()
+
+    def _setup(self) -> None:
+        with self._lock:
+            self._resolve()
+            if self._tracer_source is not None or self._meter_resolved:
+                try:
+                    self._bounded.start()
+                except RuntimeError:
+                    pass  # shutting down: bounded calls then run in place
+
+    def _resolve(self) -> Any:
+        """The tracer to use (or None), with metrics set up; gives up after one failure."""
+        if self._broken:
+            return None
+        try:
+            tracer = self._resolve_tracer()
+            self._resolve_meter()
+        except Exception as exc:
+            self._broken = True
+            detail = f"{type(exc).__name__}: {exc}"
+            if "shutdown" in str(exc):
+                detail += (
+                    "; the program ended before the OpenTelemetry SDK was ready: "
+                    "call agent.flush() at the end of short scripts"
+                )
+            warn_once("otel-setup", f"OpenTelemetry export could not start ({detail})")
+            return None
+        return tracer
+
+    # -- providers -------------------------------------------------------------------
+
+    def _resolve_tracer(self) -> Any:
+        # The application's global provider wins whenever it is set, even after ours.
+        trace: Any = sys.modules.get("opentelemetry.trace")
+        if trace is None and self._trace_exporters:
+            from opentelemetry import trace as imported
+
+            trace = imported
+        if trace is None:
+            return None
+        provider = trace.get_tracer_provider()
+        if not is_real_provider(provider):
+            if not self._trace_exporters:
+                return None
+            if not self._built_own_traces:
+                self._built_own_traces = True
+                self._own_tracer_provider = otelenv.build_tracer_provider(
+                    self._environ, self._trace_exporters, self.delivery
+                )
+                if self._own_tracer_provider is not None:
+                    self._problems.attach()
+            provider = self._own_tracer_provider
+            if provider is None:
+                return None
+        if provider is not self._tracer_source:
+            from agent import __version__
+
+            self._tracer = provider.get_tracer(SCOPE, __version__)
+            self._tracer_source = provider
+        return self._tracer
+
+    def _resolve_meter(self) -> None:
+        if self._meter_resolved:
+            if self._own_meter_provider is not None:
+                self._switch_to_application_meter()
+            return
+        metrics: Any = sys.modules.get("opentelemetry.metrics")
+        if metrics is None and (self._metric_exporters or "opentelemetry.trace" in sys.modules):
+            from opentelemetry import metrics as imported
+
+            metrics = imported
+        if metrics is None:
+            return
+        provider = metrics.get_meter_provider()
+        # Without env settings the API's proxy is used: its instruments become real
+        # if the application sets a MeterProvider later.
+        if not _is_real_meter_provider(provider) and self._metric_exporters:
+            own = otelenv.build_meter_provider(self._environ, self._metric_exporters)
+            if own is not None:
+                self._own_meter_provider = provider = own
+                self._problems.attach()
+        self._create_instruments(provider, metrics.Observation)
+        self._meter_resolved = True
+
+    def _switch_to_application_meter(self) -> None:
+        # The application set its own MeterProvider after ours was built: it wins.
+        metrics: Any = sys.modules.get("opentelemetry.metrics")
+        provider = metrics.get_meter_provider() if metrics is not None else None
+        if not _is_real_meter_provider(provider):
+            return
+        own, self._own_meter_provider = self._own_meter_provider, None
+        self._create_instruments(provider, metrics.Observation)
+        self._bounded.run(own.shutdown, 0.0)  # exports what it counted, in the background
+
+    def _create_instruments(self, provider: Any, observation: Any) -> None:
+        from agent import __version__
+
+        meter = provider.get_meter(SCOPE, __version__)
+        self._counter = meter.create_counter(
+            ANOMALIES_METRIC,
+            unit="{task}",
+            description="Tasks CPython reported as destroyed pending or with an "
+            "exception never retrieved",
+        )
+
+        def observe_live(_options: Any) -> Iterator[Any]:
+            yield observation(_live_task_count())
+
+        meter.create_observable_gauge(
+            LIVE_METRIC,
+            callbacks=[observe_live],
+            unit="{task}",
+            description="asyncio tasks alive in the process (not yet garbage-collected)",
+        )
+
+    # -- reports ---------------------------------------------------------------------
+
+    def emit(self, report: Report) -> None:
+        """Record ``report`` as one span and one counter increment."""
+        if self._closed:
+            self.dropped_after_close += 1
+            return
+        if not self._wanted():
+            return
+        with self._lock:
+            tracer = self._resolve()
+            if tracer is not None:
+                self._span(tracer, report)
+                self._unflushed = True
+            if self._counter is not None:
+                self._counter.add(1, self._metric_attributes(report))
+
+    def _span(self, tracer: Any, report: Report) -> None:
+        from opentelemetry import context, trace
+
+        ids = unpack(report.span)
+        if ids is None:
+            parent = context.Context()  # no span was current at creation: a root span
+        else:
+            trace_id, span_id, sampled = ids
+            remembered = trace.SpanContext(
+                trace_id=trace_id,
+                span_id=span_id,
+                is_remote=False,
+                trace_flags=trace.TraceFlags(1 if sampled else 0),
+            )
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(remembered))
+        end_ns = int(report.timestamp * 1e9)
+        age = report.task_age_s
+        # The span covers the task's life: from its creation to the report.
+        start_ns = end_ns - int(age * 1e9) if age is not None else end_ns
+        span = tracer.start_span(
+            report.kind,
+            context=parent,
+            attributes=span_attributes(report),
+            start_time=start_ns,
+        )
+        if report.kind == EXCEPTION_UNRETRIEVED:
+            description = f"{report.exception_type}: {report.exception_message}"
+            event: dict[str, Any] = {
+                "exception.type": report.exception_type,
+                "exception.message": report.exception_message,
+                "exception.stacktrace": report.traceback_text(),
+            }
+            span.add_event(
+                "exception",
+                {key: value for key, value in event.items() if value is not None},
+                timestamp=end_ns,
+            )
+        else:
+            description = "Task was destroyed but it is pending!"
+        span.set_status(trace.Status(trace.StatusCode.ERROR, description))
+        span.end(end_time=end_ns)
+
+    def _metric_attributes(self, report: Report) -> dict[str, Any]:
+        site = report.site
+        key = f"{site.filename}:{site.lineno}" if site else "unknown"
+        value = self._sites.get(key)
+        if value is None:
+            value = key if len(self._sites) < MAX_SITE_VALUES else OTHER_SITE
+            if value != OTHER_SITE:
+                self._sites[key] = value
+        return {
+            "asyncio.event": report.kind,
+            "asyncio.task.site": value,
+            "asyncio.at_shutdown": report.at_shutdown,
+        }
+
+    def emit_dropped(self, count: int) -> None:
+        """Dropped reports are already said by the event sink."""
+
+    # -- flush and exit ----------------------------------------------------------------
+
+    def flush_exports(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
+        """Push the spans written so far to their exporter; False on timeout."""
+        # Waits for a setup still under way (it holds the lock): a short program that
+        # calls agent.flush() gets its spans exported.
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._lock.release()
+        source = self._tracer_source
+        if not self._unflushed or source is None:
+            return True
+        self._unflushed = False
+        force_flush = getattr(source, "force_flush", None)
+        if force_flush is None:
+            return True
+        millis = int(timeout * 1000)
+        if self._bounded.run(lambda: force_flush(millis), min(timeout, FLUSH_TIMEOUT_S)):
+            return True
+        self._stuck = True
+        return False
+
+    def close_exports(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Flush, shut our own providers down (bounded), and say once what was lost."""
+        if self._closed:
+            return
+        self._closed = True
+        budget = min(timeout, CLOSE_TIMEOUT_S)
+        started = time.monotonic()
+        finished = self.flush_exports(budget) and not self._stuck
+        own = [p for p in (self._own_tracer_provider, self._own_meter_provider) if p is not None]
+        if own:
+            # An exporter that already missed a flush deadline gets no second wait.
+            left = 0.2 if self._stuck else max(0.1, budget - (time.monotonic() - started))
+
+            def shutdown() -> None:
+                for provider in own:
+                    try:
+                        provider.shutdown()
+                    except Exception:
+                        pass
+
+            finished = self._bounded.run(shutdown, left) and finished
+        self._say_lost(finished, budget)
+
+    def _say_lost(self, finished: bool, budget: float) -> None:
+        if self._own_tracer_provider is None:
+            return
+        delivery = self.delivery
+        lost = delivery.sent - delivery.delivered
+        if not finished:
+            reason = f"no answer within {FLUSH_TIMEOUT_S if self._stuck else budget:g} s"
+        else:
+            reason = delivery.reason or self._problems.first or "export failed"
+        if lost > 0 or not finished:
+            where = otelenv.endpoint_description(
+                self._environ, "traces", otelenv.otlp_protocol(self._environ, "traces")
+            )
+            count = f"{lost} anomaly span(s)" if finished else "anomaly spans"
+            warn_once(
+                "otel-export",
+                f"{count} could not be delivered to the OpenTelemetry collector at "
+                f"{where} ({reason}); dropped (pid {os.getpid()})",
+            )

@@ -1,0 +1,251 @@
+"""Task snapshots: the live tasks of the process, grouped by the line that created them.
+
+Owns the snapshot values and how a task is described (state, coroutine, what it awaits).
+Reads tasks and their frames only: never awaits, cancels, retrieves an exception, or
+keeps a task alive after :func:`take_snapshot` returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import time
+from collections.abc import Iterable
+from typing import Any, Optional
+
+from agent.livetasks import live_tasks
+from agent.sites import RECORD_ATTR, Site, SiteRecorder
+
+MAX_EXAMPLES = 3
+"""Example task names and distinct awaiting stacks kept per site."""
+MAX_AWAIT_SAMPLES = 200
+"""Pending tasks per site whose awaiting stack is read (the rest are only counted)."""
+MAX_AWAIT_DEPTH = 32
+
+UNKNOWN_SITE = ("<unknown>", 0, "<unknown>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Awaiting:
+    """One distinct place where pending tasks of a site are suspended."""
+
+    stack: tuple[str, ...]
+    """``"file:line in function"`` of each coroutine in the await chain, outermost first,
+    then what the innermost one waits on (``"-> Future"``, ``"-> Task 'name' (coro)"``)."""
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteSnapshot:
+    """The live tasks created at one line."""
+
+    creation_file: str
+    creation_line: int
+    creation_function: str
+    creation_stack: tuple[str, ...]
+    count: int
+    oldest_age_s: Optional[float]
+    states: tuple[tuple[str, int], ...]
+    """(state, count): ``pending``, ``cancelling``, ``finished``, ``failed``, ``cancelled``."""
+    coroutines: tuple[tuple[str, int], ...]
+    """(coroutine qualified name, count), most frequent first."""
+    task_names: tuple[str, ...]
+    """A few example task names."""
+    awaiting: tuple[Awaiting, ...]
+    """Where pending tasks wait, most frequent first (a sample of at most
+    :data:`MAX_AWAIT_SAMPLES` tasks per site)."""
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """(file, line, function): what identifies the site across snapshots."""
+        return (self.creation_file, self.creation_line, self.creation_function)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """Every live task of the process at one moment, by creation site, largest first."""
+
+    timestamp: float
+    """``time.time()`` when it was taken."""
+    pid: int
+    total: int
+    source: str
+    """The asyncio registry read (see :mod:`agent.livetasks`)."""
+    sites: tuple[SiteSnapshot, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and dicts, ready for ``json.dumps``."""
+        return {
+            "timestamp": self.timestamp,
+            "pid": self.pid,
+            "total": self.total,
+            "source": self.source,
+            "sites": [site_to_dict(site) for site in self.sites],
+        }
+
+
+def site_to_dict(site: SiteSnapshot) -> dict[str, Any]:
+    """One :class:`SiteSnapshot` as plain values."""
+    return {
+        "creation_file": site.creation_file,
+        "creation_line": site.creation_line,
+        "creation_function": site.creation_function,
+        "creation_stack": list(site.creation_stack),
+        "count": site.count,
+        "oldest_age_s": site.oldest_age_s,
+        "states": dict(site.states),
+        "coroutines": dict(site.coroutines),
+        "task_names": list(site.task_names),
+        "awaiting": [{"stack": list(a.stack), "count": a.count} for a in site.awaiting],
+    }
+
+
+def _state(task: Any) -> str:
+    try:
+        if not task.done():
+            cancelling = getattr(task, "cancelling", None)
+            return "cancelling" if cancelling is not None and cancelling() else "pending"
+        if task.cancelled():
+            return "cancelled"
+        # The attribute, not exception(): calling that would mark the exception
+        # retrieved and silence CPython's "exception was never retrieved".
+        return "failed" if getattr(task, "_exception", None) is not None else "finished"
+    except Exception:
+        return "unknown"
+
+
+def _coro_of(task: Any) -> Any:
+    # ``_coro`` first: get_coro() can crash 3.12.0-3.12.4 for an eagerly finished task.
+    return task._coro if hasattr(task, "_coro") else task.get_coro()
+
+
+def _name_of(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None)
+    return name if isinstance(name, str) else type(obj).__qualname__
+
+
+def _frame_line(frame: Any, owner: Any) -> str:
+    code = frame.f_code
+    return f"{code.co_filename}:{frame.f_lineno} in {getattr(code, 'co_qualname', _name_of(owner))}"
+
+
+def _awaiting(task: Any) -> tuple[str, ...]:
+    """The await chain of a pending task, outermost coroutine first."""
+    lines: list[str] = []
+    try:
+        current = _coro_of(task)
+        for _ in range(MAX_AWAIT_DEPTH):
+            frame = getattr(current, "cr_frame", None) or getattr(current, "gi_frame", None)
+            if frame is None:
+                frame = getattr(current, "ag_frame", None)
+            if frame is None:
+                break
+            lines.append(_frame_line(frame, current))
+            following = (
+                getattr(current, "cr_await", None)
+                or getattr(current, "gi_yieldfrom", None)
+                or getattr(current, "ag_await", None)
+            )
+            if following is None or not (
+                hasattr(following, "cr_frame")
+                or hasattr(following, "gi_frame")
+                or hasattr(following, "ag_frame")
+            ):
+                break
+            current = following
+        waiter = getattr(task, "_fut_waiter", None)
+        if waiter is not None:
+            if getattr(type(waiter), "get_coro", None) is not None:
+                lines.append(f"-> Task {waiter.get_name()!r} ({_name_of(_coro_of(waiter))})")
+            else:
+                lines.append(f"-> {type(waiter).__qualname__}")
+    except Exception:
+        pass
+    return tuple(lines)
+
+
+class _Group:
+    __slots__ = ("awaiting", "coroutines", "count", "names", "oldest", "site", "states")
+
+    def __init__(self, site: Optional[Site]) -> None:
+        self.site = site
+        self.count = 0
+        self.oldest: Optional[float] = None
+        self.states: collections.Counter[str] = collections.Counter()
+        self.coroutines: collections.Counter[str] = collections.Counter()
+        self.names: list[str] = []
+        self.awaiting: collections.Counter[tuple[str, ...]] = collections.Counter()
+
+    def add(self, task: Any, created: Optional[float], now: float) -> None:
+        self.count += 1
+        if created is not None and (self.oldest is None or created < self.oldest):
+            self.oldest = created
+        state = _state(task)
+        self.states[state] += 1
+        try:
+            self.coroutines[_name_of(_coro_of(task))] += 1
+        except Exception:
+            self.coroutines["?"] += 1
+        if len(self.names) < MAX_EXAMPLES:
+            try:
+                self.names.append(str(task.get_name()))
+            except Exception:
+                pass
+        if state in ("pending", "cancelling") and sum(self.awaiting.values()) < MAX_AWAIT_SAMPLES:
+            stack = _awaiting(task)
+            if stack:
+                self.awaiting[stack] += 1
+
+    def freeze(self, now: float) -> SiteSnapshot:
+        site = self.site
+        filename, lineno, function = (
+            (site.filename, site.lineno, site.function) if site is not None else UNKNOWN_SITE
+        )
+        return SiteSnapshot(
+            creation_file=filename,
+            creation_line=lineno,
+            creation_function=function,
+            creation_stack=site.stack if site is not None else (),
+            count=self.count,
+            oldest_age_s=None if self.oldest is None else round(max(0.0, now - self.oldest), 3),
+            states=tuple(sorted(self.states.items())),
+            coroutines=tuple(self.coroutines.most_common()),
+            task_names=tuple(self.names),
+            awaiting=tuple(
+                Awaiting(stack, count) for stack, count in self.awaiting.most_common(MAX_EXAMPLES)
+            ),
+        )
+
+
+def group_tasks(tasks: Iterable[Any], recorder: SiteRecorder) -> tuple[SiteSnapshot, ...]:
+    """Group ``tasks`` by creation site (tasks without a record under ``<unknown>``)."""
+    now = time.monotonic()
+    groups: dict[tuple[str, int, str], _Group] = {}
+    for task in tasks:
+        site, created = recorder.decode(getattr(task, RECORD_ATTR, None))
+        key = (site.filename, site.lineno, site.function) if site is not None else UNKNOWN_SITE
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group(site)
+        group.add(task, created, now)
+    frozen = [group.freeze(now) for group in groups.values()]
+    frozen.sort(key=lambda s: (-s.count, s.creation_file, s.creation_line))
+    return tuple(frozen)
+
+
+def take_snapshot(recorder: Optional[SiteRecorder] = None) -> Snapshot:
+    """See :func:`agent.snapshot`."""
+    if recorder is None:
+        from agent import runtime
+
+        installation = runtime.current()
+        # Sites are shared by all recorders: a fresh one decodes any record.
+        recorder = installation.recorder if installation is not None else SiteRecorder(0)
+    tasks, source = live_tasks()
+    try:
+        sites = group_tasks(tasks, recorder)
+        total = len(tasks)
+    finally:
+        del tasks  # the only strong references: gone before we return
+    return Snapshot(time.time(), os.getpid(), total, source, sites)

@@ -1,0 +1,415 @@
+"""Never hurt the host: finalizer context, floods, long runs and observer effects.
+
+Each test runs a real program that tries to break the agent (nested collections under
+logging locks, many threads collecting at once, floods of leaked tasks, a million
+tasks) and checks that it finishes, that memory stays bounded, and that every report
+CPython logged is accounted for: written, counted as suppressed, or counted as dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+from conftest import DESTROYED, Run, Runner, line_of
+
+from agent.sites import MAX_SITES
+
+DROPPED = "asyncio.agent.reports_dropped"
+SUPPRESSED = "asyncio.agent.reports_suppressed"
+
+
+def accounted(result: Run) -> int:
+    """Reports written, plus those the agent said it suppressed or dropped."""
+    written = len(result.anomalies())
+    suppressed = sum(e["count"] for e in result.of_kind(SUPPRESSED))
+    dropped = sum(e["count"] for e in result.of_kind(DROPPED))
+    return int(written + suppressed + dropped)
+
+
+def last_json(result: Run) -> dict[str, Any]:
+    """The program's own summary: the last line of its stdout, as JSON."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return summary
+
+
+# -- finalizer context ---------------------------------------------------------------
+
+COLLECT_IN_EMIT = """
+import asyncio, gc, logging, sys
+
+import agent
+
+COUNT = 1000
+collections = 0
+
+
+class CollectingHandler(logging.Handler):
+    # Collects while this handler's lock (and logging's module lock) is held: the
+    # finalizers of leaked tasks run right here and report through the same handler.
+    def emit(self, record):
+        global collections
+        if record.name == "app":
+            collections += 1
+            gc.collect()
+        sys.stderr.write(record.getMessage().splitlines()[0] + "\\n")
+
+
+logging.getLogger().addHandler(CollectingHandler())
+logging.getLogger().setLevel(logging.INFO)
+app_log = logging.getLogger("app")
+
+
+async def hang(box):
+    box.append(asyncio.current_task())  # a cycle: only the collector frees it
+    await asyncio.get_running_loop().create_future()
+
+
+async def main():
+    for i in range(COUNT):
+        asyncio.create_task(hang([]))
+        await asyncio.sleep(0)
+        app_log.info("tick %d", i)
+
+
+gc.disable()
+asyncio.run(main())
+gc.collect()
+print('{"collections": %d, "flushed": %s}' % (collections, str(agent.flush(30)).lower()))
+"""
+
+
+def test_collection_inside_a_logging_handler_emit_a_thousand_times_loses_nothing(
+    run: Runner,
+) -> None:
+    result = run(COLLECT_IN_EMIT, env={"ASYNCIO_AGENT_RATE_LIMIT": "0"}, timeout=60)
+    summary = last_json(result)
+    assert summary == {"collections": 1000, "flushed": True}
+    pending, _ = result.cpython_counts()
+    assert pending == 1000
+    assert len(result.of_kind(DESTROYED)) == pending
+
+
+COLLECT_IN_THREADS = """
+import asyncio, gc, logging, sys, threading
+
+import agent
+
+THREADS = 6
+PER_THREAD = 400
+# Collections as often as possible, in whichever thread allocates: the application's
+# threads, and the agent's own writer thread while it is inside its queue.
+gc.set_threshold(1, 1, 1)
+lock = threading.Lock()
+reported = 0
+
+
+def count_report(loop, context):
+    global reported
+    with lock:  # the application's own lock, held while the finalizer reports
+        reported += 1
+        gc.collect()
+
+
+async def hang(box):
+    box.append(asyncio.current_task())
+    await asyncio.get_running_loop().create_future()
+
+
+async def leak_many():
+    asyncio.get_running_loop().set_exception_handler(count_report)
+    for i in range(PER_THREAD):
+        asyncio.create_task(hang([]))
+        await asyncio.sleep(0)  # automatic collections only: any thread may run them
+    gc.collect()
+
+
+def worker():
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(leak_many())
+    gc.collect()
+    loop.close()
+
+
+threads = [threading.Thread(target=worker) for _ in range(THREADS)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+gc.collect()
+print('{"reported": %d, "flushed": %s}' % (reported, str(agent.flush(30)).lower()))
+"""
+
+
+def test_collections_in_many_threads_at_once_neither_deadlock_nor_lose_reports(
+    run: Runner,
+) -> None:
+    result = run(COLLECT_IN_THREADS, env={"ASYNCIO_AGENT_RATE_LIMIT": "0"}, timeout=60)
+    summary = last_json(result)
+    assert summary == {"reported": 6 * 400, "flushed": True}
+    assert len(result.of_kind(DESTROYED)) == 6 * 400
+
+
+# -- floods --------------------------------------------------------------------------
+
+FLOOD = """
+import asyncio, gc, json, resource, sys, time
+
+import agent
+import agent.runtime as runtime
+
+TOTAL = int(sys.argv[1])
+PER_SECOND = 100_000
+counted = 0
+deepest_queue = 0
+
+
+def count_report(loop, context):
+    global counted
+    counted += 1
+
+
+async def hang():
+    await asyncio.get_running_loop().create_future()
+
+
+async def main():
+    global deepest_queue
+    asyncio.get_running_loop().set_exception_handler(count_report)
+    installation = runtime.current()
+    queue = installation.reporter._queue if installation else None
+    start = time.monotonic()
+    for batch in range(TOTAL // 1000):
+        for _ in range(1000):
+            asyncio.create_task(hang())  # FLOOD SITE
+        await asyncio.sleep(0)
+        if queue is not None:
+            deepest_queue = max(deepest_queue, queue.qsize())
+        ahead = (batch + 1) * 1000 / PER_SECOND - (time.monotonic() - start)
+        if ahead > 0:
+            await asyncio.sleep(ahead)  # at most PER_SECOND leaks a second
+    gc.collect()
+    return time.monotonic() - start
+
+
+elapsed = asyncio.run(main())
+gc.collect()
+flushed = agent.flush(60)
+print(json.dumps({
+    "counted": counted,
+    "deepest_queue": deepest_queue,
+    "flushed": flushed,
+    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "leaks_per_second": TOTAL / elapsed,
+}))
+"""
+
+
+def test_flood_of_leaked_tasks_is_rate_limited_per_site_and_every_report_is_accounted_for(
+    run: Runner,
+) -> None:
+    result = run(FLOOD, args=("100000",), env={"ASYNCIO_AGENT_RATE_LIMIT": "50"}, timeout=60)
+    summary = last_json(result)
+    assert summary["counted"] == 100_000 and summary["flushed"] is True
+    suppressed = result.of_kind(SUPPRESSED)
+    assert suppressed, "a flood from one site must be summarised"
+    assert {(e["creation_line"], e["suppressed_event"]) for e in suppressed} == {
+        (line_of_flood_site(), DESTROYED)
+    }
+    # Per second at most 50 written, and whatever was held back is counted.
+    assert len(result.anomalies()) < 100_000 // 10
+    assert accounted(result) == 100_000
+
+
+def test_flood_beyond_the_queue_size_drops_and_counts_and_the_queue_stays_bounded(
+    run: Runner,
+) -> None:
+    env = {"ASYNCIO_AGENT_RATE_LIMIT": "0", "ASYNCIO_AGENT_QUEUE_SIZE": "500"}
+    result = run(FLOOD, args=("60000",), env=env, timeout=60)
+    summary = last_json(result)
+    assert summary["counted"] == 60_000 and summary["flushed"] is True
+    assert isinstance(summary["deepest_queue"], int) and summary["deepest_queue"] <= 500 + 2
+    assert result.of_kind(DROPPED), "a flood beyond the queue must drop and say so"
+    assert accounted(result) == 60_000
+
+
+@pytest.mark.soak
+def test_soak_flood_of_100k_leaks_a_second_for_ten_seconds_stays_bounded(run: Runner) -> None:
+    env = {"ASYNCIO_AGENT_QUEUE_SIZE": "10000"}
+    result = run(FLOOD, args=("1000000",), env=env, timeout=600)
+    summary = last_json(result)
+    assert summary["counted"] == 1_000_000 and summary["flushed"] is True
+    assert isinstance(summary["deepest_queue"], int) and summary["deepest_queue"] <= 10_002
+    assert accounted(result) == 1_000_000
+    baseline = last_json(run(FLOOD, args=("1000000",), agent=False, timeout=600))
+    assert isinstance(summary["max_rss_mb"], float) and isinstance(baseline["max_rss_mb"], float)
+    assert summary["max_rss_mb"] < baseline["max_rss_mb"] + 64
+    print(
+        "leaks per second with / without the agent:",
+        summary["leaks_per_second"],
+        baseline["leaks_per_second"],
+    )
+
+
+def line_of_flood_site() -> int:
+    """The line of FLOOD that creates the leaked tasks."""
+    return line_of(FLOOD, "# FLOOD SITE")
+
+
+# -- long runs -----------------------------------------------------------------------
+
+LONG_RUN = """
+import asyncio, json, sys, tracemalloc
+from pathlib import Path
+
+import agent
+from agent.sites import MAX_SITES
+
+TOTAL = int(sys.argv[1])
+AGENT_FILES = str(Path(agent.__file__).parent) + "/*"
+
+
+def agent_bytes():
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(True, AGENT_FILES)]
+    )
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+async def work(i):
+    await asyncio.sleep(0)
+    return i
+
+
+async def complete(count):
+    for _ in range(count // 1000):
+        tasks = [asyncio.create_task(work(i)) for i in range(1000)]
+        await asyncio.gather(*tasks)
+
+
+def growth(step):
+    # Bytes the agent holds after step() twice, minus after once: what each round
+    # leaves behind for good (values replaced in place, like a site's current
+    # record, count in both).
+    tracemalloc.start()
+    step()
+    once = agent_bytes()
+    step()
+    twice = agent_bytes()
+    tracemalloc.stop()
+    return twice - once
+
+
+# Many distinct creation sites (more than the cap): one small function per site.
+SITES = MAX_SITES + 600
+lines = [f"def site_{i}(): return asyncio.create_task(work({i}))" for i in range(SITES)]
+exec(compile("\\n".join(lines), "generated_sites.py", "exec"))
+SITE_FUNCTIONS = [globals()[f"site_{i}"] for i in range(SITES)]
+
+
+async def many_sites():
+    await asyncio.gather(*[make() for make in SITE_FUNCTIONS])
+
+
+asyncio.run(complete(10_000))  # warm up: caches, structures, first sites
+tasks_growth = growth(lambda: asyncio.run(complete(TOTAL // 2)))
+asyncio.run(many_sites())  # fills the site tables up to their cap
+sites_growth = growth(lambda: asyncio.run(many_sites()))
+print(json.dumps({
+    "tasks_growth": tasks_growth, "sites_growth": sites_growth,
+    "sites": agent.runtime.current().recorder.site_count(),
+}))
+"""
+
+
+def test_many_completed_tasks_and_many_sites_do_not_grow_the_agents_memory(
+    run: Runner,
+) -> None:
+    result = run(LONG_RUN, args=("20000",), timeout=300)
+    summary = last_json(result)
+    assert summary["sites"] == MAX_SITES
+    # 10,000 more tasks, and tasks from sites beyond the cap, may
+    # not leave even one byte per task behind (1 KB is a dict resize or two).
+    assert summary["tasks_growth"] < 1_000, summary
+    assert summary["sites_growth"] < 1_000, summary
+    assert result.anomalies() == []
+
+
+@pytest.mark.soak
+def test_soak_a_million_completed_tasks_do_not_grow_the_agents_memory(run: Runner) -> None:
+    result = run(LONG_RUN, args=("1000000",), timeout=900)
+    summary = last_json(result)
+    assert summary["tasks_growth"] < 1_000, summary
+
+
+LOCKED_STDERR = """
+import asyncio, gc, logging, sys, threading
+gc.disable()
+# CPython's own report logs from the finalizer too: keep it off the locked stream.
+logging.basicConfig(stream=sys.__stderr__)
+
+
+class LockedStream:
+    # Like a buffered stream: a non-reentrant lock held while writing. The program
+    # collects garbage inside write(), so the finalizers of leaked tasks run while the
+    # lock is held. An agent that wrote from the finalizer would deadlock right here.
+    def __init__(self, inner):
+        self.inner = inner
+        self.lock = threading.Lock()
+
+    def write(self, text):
+        with self.lock:
+            gc.collect()
+            return self.inner.write(text)
+
+    def flush(self):
+        with self.lock:
+            self.inner.flush()
+
+    def isatty(self):
+        return False
+
+
+sys.stderr = LockedStream(sys.stderr)
+
+
+async def hang():
+    await asyncio.get_running_loop().create_future()
+
+
+async def main():
+    for i in range(200):
+        asyncio.create_task(hang())
+        await asyncio.sleep(0)
+        sys.stderr.write(f"tick {i}\\n")
+
+asyncio.run(main())
+SIMULATE_WRITING_IN_FINALIZER
+"""
+
+
+@pytest.mark.parametrize("in_finalizer", [False, True], ids=["agent", "writing_in_finalizer"])
+def test_reports_never_written_from_the_finalizer_so_a_held_stream_lock_cannot_deadlock(
+    run: Runner, in_finalizer: bool
+) -> None:
+    source = LOCKED_STDERR.replace("SIMULATE_WRITING_IN_FINALIZER", "")
+    if in_finalizer:
+        # The control: make the agent write in place, as if there were no queue.
+        source = source.replace(
+            "asyncio.run(main())",
+            "import agent.runtime\n"
+            "agent.runtime.current().reporter._inline = True\n"
+            "asyncio.run(main())",
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            run(source, output_to_file=False, timeout=5)
+        return
+    result = run(source, output_to_file=False, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    pending = [e for e in events if e.get("event") == DESTROYED]
+    assert len(pending) == result.stderr.count("Task was destroyed but it is pending!")
+    assert len(pending) > 0
