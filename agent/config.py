@@ -184,6 +184,9 @@ def _seconds(name: str, raw: object) -> float:
     if 0 < value < 0.1:
         warn_once(name, f"{name}={raw!r} is below 0.1; using 0.1")
         return 0.1
+    if value > 86_400:
+        warn_once(name, f"{name}={raw!r} is above 86400 (a day); using 86400")
+        return 86_400.0
     return value
 
 

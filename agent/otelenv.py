@@ -261,6 +261,11 @@ class BoundedRunner:
             queue.SimpleQueue()
         )
         self._thread: Optional[threading.Thread] = None
+        self._busy = False
+
+    def busy(self) -> bool:
+        """Whether the helper thread is inside a call (perhaps one that never returns)."""
+        return self._busy
 
     def start(self) -> None:
         """Start the helper thread (again, after a fork) if it is not running."""
@@ -274,11 +279,13 @@ class BoundedRunner:
     def _work(self) -> None:
         while True:
             action, done = self._jobs.get()
+            self._busy = True
             try:
                 action()
             except Exception:
                 pass
             finally:
+                self._busy = False
                 done.set()
 
     def run(self, action: Callable[[], object], timeout: float) -> bool:

@@ -38,11 +38,16 @@ def run_next_sitecustomize(this_file: str) -> None:
     down ``sys.path`` would silently stop working. Errors in it are printed the way
     ``site.py`` prints them, and never stop the program.
     """
+    here = os.path.dirname(os.path.realpath(this_file))
+    others = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != here]
+    # A few stat calls first, so that the common case (no other sitecustomize) costs
+    # microseconds, not the import machinery's full search.
+    if not any(_may_hold_sitecustomize(entry) for entry in others):
+        return
+
     import importlib.machinery
     import importlib.util
 
-    here = os.path.dirname(os.path.realpath(this_file))
-    others = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != here]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", others)
     if spec is None or spec.loader is None or spec.origin is None:
         return
@@ -60,3 +65,20 @@ def run_next_sitecustomize(this_file: str) -> None:
             f"Error in sitecustomize ({spec.origin}); set PYTHONVERBOSE for traceback:\n"
             f"{type(exc).__name__}: {exc}\n"
         )
+
+
+def _may_hold_sitecustomize(entry: str) -> bool:
+    folder = entry or os.getcwd()
+    if not os.path.isdir(folder):
+        return folder.endswith(".zip") or os.path.isfile(folder)  # zip imports: ask importlib
+    return any(
+        os.path.exists(os.path.join(folder, name))
+        for name in ("sitecustomize.py", "sitecustomize.pyc", "sitecustomize")
+    ) or any(name.startswith("sitecustomize.") for name in _listdir(folder) if name.endswith(".so"))
+
+
+def _listdir(folder: str) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []

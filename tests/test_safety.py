@@ -314,12 +314,36 @@ async def many_sites():
     await asyncio.gather(*[make() for make in SITE_FUNCTIONS])
 
 
+def one_site():
+    return asyncio.create_task(work(0))
+
+
+fresh = iter(range(10**9))
+
+
+def new_sites_step():
+    # 2,000 sites never seen before (one line, called from 2,000 new functions): with
+    # the tables full, none of them may be remembered.
+    numbers = [next(fresh) for _ in range(2000)]
+    source = "\\n".join(f"def caller_{i}(): return one_site()" for i in numbers)
+    namespace = {"one_site": one_site}
+    exec(compile(source, "generated_callers.py", "exec"), namespace)
+    callers = [namespace[f"caller_{i}"] for i in numbers]
+
+    async def call_all():
+        await asyncio.gather(*[call() for call in callers])
+
+    asyncio.run(call_all())
+
+
 asyncio.run(complete(10_000))  # warm up: caches, structures, first sites
 tasks_growth = growth(lambda: asyncio.run(complete(TOTAL // 2)))
 asyncio.run(many_sites())  # fills the site tables up to their cap
 sites_growth = growth(lambda: asyncio.run(many_sites()))
+new_sites_growth = growth(new_sites_step)
 print(json.dumps({
     "tasks_growth": tasks_growth, "sites_growth": sites_growth,
+    "new_sites_growth": new_sites_growth,
     "sites": agent.runtime.current().recorder.site_count(),
 }))
 """
@@ -335,6 +359,7 @@ def test_many_completed_tasks_and_many_sites_do_not_grow_the_agents_memory(
     # not leave even one byte per task behind (1 KB is a dict resize or two).
     assert summary["tasks_growth"] < 1_000, summary
     assert summary["sites_growth"] < 1_000, summary
+    assert summary["new_sites_growth"] < 1_000, summary
     assert result.anomalies() == []
 
 

@@ -102,16 +102,22 @@ def test_full_disk_warns_once_counts_the_lost_events_and_the_program_runs_on(
     assert warnings[1].startswith("asyncio-agent: warning: 8 event(s) could not be written")
 
 
-def test_closed_stdout_as_output_warns_once_and_the_program_runs_on(run: Runner) -> None:
-    breaker = "sys.stdout.close(); sys.stdout = open(os.devnull, 'w')"
+def test_stdout_closed_and_replaced_by_the_program_gets_the_later_events_without_a_warning(
+    run: Runner,
+) -> None:
+    # The agent writes to whatever sys.stdout is now, never to a stream it kept.
+    breaker = "sys.stdout.close(); sys.stdout = open('later.txt', 'w')"
     source = LEAK_ROUNDS.replace('print("still running")', 'sys.stderr.write("still running\\n")')
     result = run(
         source, args=(breaker,), output_to_file=False, env={"ASYNCIO_AGENT_OUTPUT": "stdout"}
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr.endswith("still running\n") or "still running" in result.stderr
+    assert "still running" in result.stderr
     assert "Traceback" not in result.stderr
+    assert agent_lines(result.stderr) == []
     assert len([line for line in result.stdout.splitlines() if line.startswith("{")]) == 3
+    later = Path(result.folder, "later.txt").read_text().splitlines()
+    assert [json.loads(line)["event"] for line in later] == [DESTROYED] * 5
 
 
 def test_stdout_closed_at_the_descriptor_warns_once_and_counts(run: Runner) -> None:
@@ -146,15 +152,24 @@ def test_a_raising_structlog_processor_of_the_application_does_not_touch_agent_e
 
 # -- bad settings ---------------------------------------------------------------------
 
-BAD_VALUES = {"empty": "", "malformed": "lots!", "negative": "-5", "huge": "9" * 5000}
+# "huge" is past int()'s digit limit; "too_large" parses, so only a range check catches it.
+BAD_VALUES = {
+    "empty": "",
+    "malformed": "lots!",
+    "negative": "-5",
+    "huge": "9" * 5000,
+    "too_large": "1000000000000",
+}
 # Which (setting, value kind) are legitimate values and need no warning at all.
 VALID = {
     ("OUTPUT", "malformed"),  # a file named "lots!"
     ("OUTPUT", "negative"),  # a file named "-5"
+    ("OUTPUT", "too_large"),  # a file named "1000000000000"
     ("SKIP_MODULES", "empty"),
     ("SKIP_MODULES", "malformed"),
     ("SKIP_MODULES", "negative"),
     ("SKIP_MODULES", "huge"),
+    ("SKIP_MODULES", "too_large"),
     ("DUMP_SIGNAL", "empty"),  # off
     ("SNAPSHOT_INTERVAL", "empty"),  # off, like DUMP_SIGNAL
 }
@@ -221,6 +236,15 @@ class OddTask(asyncio.Task):
         return 42  # not a string
 
 
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no str")
+
+
+async def unprintable():
+    raise Unprintable()
+
+
 async def forever():
     await asyncio.Event().wait()
 
@@ -228,6 +252,7 @@ async def forever():
 async def main():
     loop = asyncio.get_running_loop()
     asyncio.create_task(Evil(), name="evil")
+    asyncio.create_task(unprintable(), name="unprintable")
     loop.set_task_factory(lambda loop, coro, **kw: OddTask(coro, loop=loop, **kw))
     asyncio.create_task(forever())
     loop.set_task_factory(None)
@@ -249,9 +274,11 @@ def test_coroutine_whose_name_and_repr_raise_and_odd_task_subclasses_are_reporte
     assert "asyncio-agent" not in result.stderr
     events = result.anomalies()
     by_name = {e["task_name"]: e for e in events}
-    assert set(by_name) == {"evil", "42"}, events
+    assert set(by_name) == {"evil", "42", "unprintable"}, events
     assert by_name["evil"]["coroutine"] is None or isinstance(by_name["evil"]["coroutine"], str)
     assert by_name["42"]["coroutine"] == "forever"
+    assert by_name["unprintable"]["exception_type"] == "Unprintable"
+    assert isinstance(by_name["unprintable"]["exception_message"], str)
 
 
 # -- privacy --------------------------------------------------------------------------

@@ -27,6 +27,8 @@ MAX_SITE_VALUES = 100
 OTHER_SITE = "other"
 FLUSH_TIMEOUT_S = 2.0
 CLOSE_TIMEOUT_S = 3.0
+SPAN_TIMEOUT_S = FLUSH_TIMEOUT_S
+"""How long ending one anomaly span may take before the exporter counts as stuck."""
 
 
 def span_attributes(report: Report) -> dict[str, Any]:
@@ -95,6 +97,8 @@ class OtelSink:
         self._bounded = otelenv.BoundedRunner()
         self.delivery = otelenv.SpanDelivery()
         self.dropped_after_close = 0
+        self.skipped_spans = 0
+        """Anomaly spans not made because the exporter was stuck in an earlier call."""
 
     # -- when to wake up -----------------------------------------------------------
 
@@ -255,10 +259,42 @@ class OtelSink:
         with self._lock:
             tracer = self._resolve()
             if tracer is not None:
-                self._span(tracer, report)
-                self._unflushed = True
+                if self._stuck and self._bounded.busy():
+                    # The exporter is still inside a call that missed its deadline.
+                    self.skipped_spans += 1
+                else:
+                    self._end_span_bounded(tracer, report)
             if self._counter is not None:
                 self._counter.add(1, self._metric_attributes(report))
+
+    def _end_span_bounded(self, tracer: Any, report: Report) -> None:
+        # The application's span processor may export inside span.end() (a
+        # SimpleSpanProcessor): end the span in the export helper thread, so an exporter
+        # that never returns holds up the anomaly spans, never the reporter's events.
+        failed: list[Exception] = []
+
+        def end_span() -> None:
+            try:
+                self._span(tracer, report)
+            except Exception as exc:
+                failed.append(exc)
+
+        if not self._bounded.run(end_span, SPAN_TIMEOUT_S):
+            self._mark_stuck(f"ending a span took over {SPAN_TIMEOUT_S:g} s")
+            return
+        self._unflushed = True
+        if failed:
+            raise failed[0]  # the reporter says it once, as for any failing sink
+
+    def _mark_stuck(self, what: str) -> None:
+        self._stuck = True
+        if self._own_tracer_provider is None:  # ours: said at exit, with the count lost
+            warn_once(
+                "otel-stuck",
+                f"the application's OpenTelemetry exporter does not return ({what}); "
+                "anomaly spans are skipped while it hangs, events are unaffected "
+                f"(pid {os.getpid()})",
+            )
 
     def _span(self, tracer: Any, report: Report) -> None:
         from opentelemetry import context, trace
@@ -328,6 +364,8 @@ class OtelSink:
         if not self._lock.acquire(timeout=timeout):
             return False
         self._lock.release()
+        if self._stuck and self._bounded.busy():
+            return False  # still inside the call that missed its deadline: no second wait
         source = self._tracer_source
         if not self._unflushed or source is None:
             return True
@@ -338,7 +376,7 @@ class OtelSink:
         millis = int(timeout * 1000)
         if self._bounded.run(lambda: force_flush(millis), min(timeout, FLUSH_TIMEOUT_S)):
             return True
-        self._stuck = True
+        self._mark_stuck(f"a flush took over {min(timeout, FLUSH_TIMEOUT_S):g} s")
         return False
 
     def close_exports(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
