@@ -6,7 +6,6 @@ Owns the ``sys.meta_path`` entry that lets the agent wait for ``asyncio`` or
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import sys
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ def _run_callback(name: str, callback: Callback, module: ModuleType) -> None:
         warn_once(f"hook:{name}", f"could not instrument {name} ({type(exc).__name__}: {exc})")
 
 
-class _NotifyingLoader(importlib.abc.Loader):
+class _NotifyingLoader:
     """Wraps the real loader for one import, then hands the module back to it."""
 
     def __init__(self, loader: Any, name: str, callback: Callback) -> None:
@@ -50,7 +49,7 @@ class _NotifyingLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class PostImportHook(importlib.abc.MetaPathFinder):
+class PostImportHook:
     """Calls ``callbacks[name](module)`` once each watched module has been imported."""
 
     def __init__(self, callbacks: dict[str, Callback]) -> None:
@@ -93,7 +92,7 @@ class PostImportHook(importlib.abc.MetaPathFinder):
                 if spec is None:
                     continue
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _NotifyingLoader(spec.loader, fullname, callback)
+                    spec.loader = _NotifyingLoader(spec.loader, fullname, callback)  # type: ignore[assignment]  # duck-typed loader
                 return spec
             return None
         finally:

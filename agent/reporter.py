@@ -290,6 +290,26 @@ def _after_fork_in_child() -> None:
 def _at_exit() -> None:
     for reporter in list(_live_reporters):
         reporter.close()
+    _keep_keyboard_interrupt_exit_status()
+
+
+def _keep_keyboard_interrupt_exit_status() -> None:
+    """After an unhandled KeyboardInterrupt, make the process still exit by SIGINT.
+
+    CPython remembers "the main module died of KeyboardInterrupt" in a flag that any
+    later ``exec()``/``eval()`` of a string clears (and imports such as dataclasses or
+    namedtuple do exactly that): the exit status would become 1 instead of -SIGINT.
+    The agent's work at exit (writing queued reports, a first structlog import) may
+    do that, so the flag is set again the only way Python code can: by a string that
+    raises KeyboardInterrupt, run through ``exec``.
+    """
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if type(last) is not KeyboardInterrupt:
+        return
+    try:
+        exec("raise KeyboardInterrupt")
+    except KeyboardInterrupt:
+        pass
 
 
 def _before_threads_join() -> None:

@@ -38,22 +38,24 @@ def run_next_sitecustomize(this_file: str) -> None:
     down ``sys.path`` would silently stop working. Errors in it are printed the way
     ``site.py`` prints them, and never stop the program.
     """
-    here = os.path.dirname(os.path.realpath(this_file))
-    others = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != here]
+    here = os.path.dirname(os.path.abspath(this_file))
+    others = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     # A few stat calls first, so that the common case (no other sitecustomize) costs
     # microseconds, not the import machinery's full search.
     if not any(_may_hold_sitecustomize(entry) for entry in others):
         return
 
-    import importlib.machinery
-    import importlib.util
+    import importlib.machinery  # cheap; importlib.util would pull in contextlib & co.
 
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", others)
     if spec is None or spec.loader is None or spec.origin is None:
         return
     if os.path.realpath(spec.origin) == os.path.realpath(this_file):
         return
-    module = importlib.util.module_from_spec(spec)
+    module = spec.loader.create_module(spec) or type(sys)(spec.name)
+    module.__spec__ = spec
+    module.__loader__ = spec.loader
+    module.__file__ = spec.origin
     ours = sys.modules.get("sitecustomize")
     sys.modules["sitecustomize"] = module
     try:
@@ -68,17 +70,10 @@ def run_next_sitecustomize(this_file: str) -> None:
 
 
 def _may_hold_sitecustomize(entry: str) -> bool:
-    folder = entry or os.getcwd()
+    folder = entry or os.curdir
     if not os.path.isdir(folder):
-        return folder.endswith(".zip") or os.path.isfile(folder)  # zip imports: ask importlib
+        return os.path.isfile(folder)  # an existing zip archive: let importlib look inside
     return any(
         os.path.exists(os.path.join(folder, name))
         for name in ("sitecustomize.py", "sitecustomize.pyc", "sitecustomize")
-    ) or any(name.startswith("sitecustomize.") for name in _listdir(folder) if name.endswith(".so"))
-
-
-def _listdir(folder: str) -> list[str]:
-    try:
-        return os.listdir(folder)
-    except OSError:
-        return []
+    )

@@ -50,6 +50,8 @@ def test_agent_on_but_no_anomaly_never_imports_structlog(run: Runner) -> None:
     source = """
     import asyncio, sys
     asyncio.run(asyncio.sleep(0))
+    import agent
+    agent.flush()
     print("structlog" in sys.modules)
     """
     assert run(source).stdout == "False\n"

@@ -389,6 +389,11 @@ def test_debug_mode_task_creation_traceback_is_identical_with_agent(run: Runner,
         import gc
         import sys
 
+        # Only the explicit collection below runs: which of the task and its coroutine
+        # is finalized first (shown as "running at" / "done" in the report) depends on
+        # when automatic collections happened, with or without the agent.
+        gc.disable()
+
 
         async def hang():
             await asyncio.get_running_loop().create_future()
@@ -434,3 +439,33 @@ def test_error_raised_by_create_task_shows_the_same_traceback_with_agent(run: Ru
         """
     result = run_both(run, source)
     assert result.returncode == 1
+
+
+@pytest.mark.parametrize("leak", [False, True], ids=["no_leak", "leaks_queued"])
+def test_exit_status_of_an_unhandled_keyboard_interrupt_is_unchanged(
+    run: Runner, leak: bool
+) -> None:
+    # CPython exits with -SIGINT after an unhandled KeyboardInterrupt, unless any
+    # exec()/eval() (dataclasses, namedtuple, platform...) runs during exit: the agent
+    # must not import or compile anything while the program exits.
+    source = f"""\
+        import asyncio, gc, os, signal
+        gc.disable()
+
+        async def hang():
+            await asyncio.get_running_loop().create_future()
+
+        async def main():
+            for _ in range({200 if leak else 0}):
+                asyncio.create_task(hang())
+            await asyncio.sleep(0)
+            gc.collect()
+
+        asyncio.run(main())
+        os.kill(os.getpid(), signal.SIGINT)
+        signal.pause()
+        """
+    with_agent = run(source, agent=True)
+    without = run(source, agent=False)
+    assert without.returncode == -2
+    assert with_agent.observable()[0] == without.observable()[0]

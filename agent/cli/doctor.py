@@ -7,7 +7,6 @@ modules to look at them; never installs the agent and never changes a setting.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import importlib.metadata
 import importlib.util
@@ -76,7 +75,7 @@ def _settings() -> tuple[dict[str, Any], list[str]]:
     finally:
         notices._already_said = said
     warnings = [line for line in captured.getvalue().splitlines() if line.strip()]
-    return dataclasses.asdict(settings), warnings
+    return settings._asdict(), warnings
 
 
 def _output(settings: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ configuration: it builds its own logger with its own processors.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -124,6 +125,27 @@ os.register_at_fork(
     after_in_parent=_import_guard.after_fork_in_parent,
     after_in_child=_import_guard.after_fork_in_child,
 )
+
+
+class _PlainJsonLogger:
+    """Stands in for structlog at exit: the same fields and order, as one JSON line."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+
+    def _log(self, level: str, event: str, **fields: Any) -> None:
+        event_dict = {**fields, "event": event, "level": level}
+        event_dict = _leading_keys_first(None, level, _add_timestamp(None, level, event_dict))
+        self._write(json.dumps(event_dict, default=repr) + "\n")
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log("error", event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log("warning", event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log("info", event, **fields)
 
 
 class _LineWriter:
@@ -245,8 +267,19 @@ class EventSink:
             )
 
     def prepare(self) -> None:
-        """Import structlog and build the logger now (before shutdown, where imports fail)."""
-        self._bound_logger()
+        """Get ready for reports written during interpreter exit, importing nothing.
+
+        If structlog is loaded, the logger is built now. If not, later events are
+        rendered as plain JSON lines: importing at exit fails once teardown starts, and
+        even before that it can change the exit status (importing ``dataclasses`` or
+        ``platform`` in an exit handler turns an unhandled KeyboardInterrupt's -2 into 1).
+        """
+        if self._logger is not None:
+            return
+        if "structlog" in sys.modules:
+            self._bound_logger()
+        else:
+            self._logger = _PlainJsonLogger(self._write_line)
 
     def _bound_logger(self) -> Any:
         if self._logger is None:
