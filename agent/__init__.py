@@ -19,10 +19,12 @@ __version__ = "0.1.0"
 def install(**options: Any) -> None:
     """Switch the agent on for this process (idempotent).
 
-    Options override the ``ASYNCIO_AGENT_*`` environment variables: ``output``
-    (``"stderr"``, ``"stdout"`` or a file path), ``format`` (``"json"`` or
-    ``"console"``), ``stack_depth``, ``queue_size``, ``skip_modules``. A bad value
-    gives one warning on stderr and its default; an unknown option is a TypeError.
+    Options override the ``ASYNCIO_AGENT_*`` environment variables (the README's
+    Settings table): ``output`` (``"stderr"``, ``"stdout"`` or a file path), ``format``
+    (``"json"`` or ``"console"``), ``stack_depth``, ``queue_size``, ``skip_modules``,
+    ``rate_limit``, ``redact``, ``path_root``, ``dump_signal``, ``snapshot_interval``.
+    A bad value gives one warning on stderr and its default; an unknown option is a
+    TypeError.
     Loops are patched when asyncio or uvloop is imported, or now if they already are.
     """
     from agent import runtime
