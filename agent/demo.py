@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 
 APP = """\
 import asyncio
@@ -88,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(folder, "sitecustomize.py"), "w", encoding="utf-8") as file:
             file.write(SITECUSTOMIZE)
         print("asyncio-agent demo: a signup handler that loses two tasks.\n")
-        print(textwrap.indent(APP, "    | ", lambda line: True))
+        for number, line in enumerate(APP.splitlines(), start=1):
+            print(f"    {number:2} | {line}")
 
         plain = _run(folder, agent_on=False, output_format=options.format)
         print("=" * 72)
@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
         watched = _run(folder, agent_on=True, output_format=options.format)
         print("=" * 72)
-        print("2) ASYNCIO_AGENT=1 python app.py    (same code, agent on)")
+        print("2) ASYNCIO_AGENT=1 ASYNCIO_AGENT_OUTPUT=stdout ASYNCIO_AGENT_FORMAT=console \\")
+        print("   PYTHONPATH=<folder with a sitecustomize.py: 'import agent.autoinstall'> \\")
+        print("   python app.py                    (same code, agent on)")
         _section("stderr: CPython's log, unchanged", watched.stderr)
         _section("stdout: the program's output and the agent's events", watched.stdout)
 

@@ -6,6 +6,7 @@ through the post-import hook when the application imports asyncio or uvloop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -48,7 +49,7 @@ class Installation:
             self.dumper = SnapshotDumper(settings, self.reporter, self.event_sink, self.recorder)
         self.hook = PostImportHook(
             {
-                "asyncio.base_events": self._asyncio_imported,
+                "asyncio": self._asyncio_imported,
                 "uvloop": self._uvloop_imported,
                 TRACE_MODULE: self._otel_imported,
                 "opentelemetry.metrics": self._otel_imported,
@@ -56,7 +57,13 @@ class Installation:
         )
 
     def _asyncio_imported(self, module: ModuleType) -> None:
-        self.patcher.on_asyncio_imported(module)
+        self.patcher.on_asyncio_imported(sys.modules["asyncio.base_events"])
+        # structlog is loaded here, while the program imports asyncio and so cannot
+        # have a single task yet: its thousands of allocations then cannot trigger a
+        # collection that frees a lost task earlier than without the agent (as they
+        # would at the first report, when the lost task's cycle is garbage already).
+        with contextlib.suppress(Exception):
+            self.event_sink.warm_up()
         self.reporter.start()
         self.otel_sink.start()
 

@@ -469,3 +469,35 @@ def test_exit_status_of_an_unhandled_keyboard_interrupt_is_unchanged(
     without = run(source, agent=False)
     assert without.returncode == -2
     assert with_agent.observable()[0] == without.observable()[0]
+
+
+def test_first_report_does_not_make_another_lost_task_die_sooner(run: Runner) -> None:
+    # The first report (a failed task, freed by reference count) used to import
+    # structlog; that burst of allocations ran an automatic collection which freed the
+    # other lost task long before the program's own gc.collect(). Automatic GC is on.
+    source = """\
+        import asyncio, gc, weakref
+
+        async def forever():
+            await asyncio.Event().wait()
+
+        async def boom():
+            raise ValueError("first report")
+
+        async def main():
+            lost = asyncio.create_task(forever())
+            weakref.finalize(lost, print, "pending task freed", flush=True)
+            del lost
+            asyncio.create_task(boom())
+            await asyncio.sleep(0.1)
+            print("before the program's collection", flush=True)
+            gc.collect()
+            print("after", flush=True)
+
+        asyncio.run(main())
+        """
+    with_agent = run(source, agent=True)
+    without = run(source, agent=False)
+    assert without.stdout.splitlines()[0] == "before the program's collection"
+    assert with_agent.stdout == without.stdout
+    assert len(with_agent.anomalies()) == 2

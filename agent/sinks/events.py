@@ -266,6 +266,10 @@ class EventSink:
                 f"({self._lost_reason})",
             )
 
+    def warm_up(self) -> None:
+        """Import structlog and build the logger now (called when asyncio is imported)."""
+        self._bound_logger()
+
     def prepare(self) -> None:
         """Get ready for reports written during interpreter exit, importing nothing.
 
