@@ -23,7 +23,12 @@ from agent.report import Report
 
 
 class Sink(Protocol):
-    """Where finished reports go. Called from the reporter thread only."""
+    """Where finished reports go. Called from the reporter thread only.
+
+    Optional methods, called when a sink has them: ``emit_suppressed(site, kind,
+    count)``, ``flush_exports()``, ``prepare()`` (before exit: get ready to write
+    without importing), ``close_exports(timeout)`` and ``summarize_losses()``.
+    """
 
     def emit(self, report: Report) -> None:
         """Write one report."""
@@ -143,13 +148,9 @@ class Reporter:
             return
         self.flush(timeout)
         if self._thread is not None:
-            # Tasks still alive are destroyed during interpreter teardown, when
-            # imports no longer work: make the sinks ready while they still do.
-            for sink in self._sinks:
-                prepare = getattr(sink, "prepare", None)
-                if prepare is not None:
-                    with contextlib.suppress(Exception):
-                        prepare()
+            # Tasks still alive are destroyed during interpreter teardown, when nothing
+            # can be imported any more: sinks get ready to write without importing.
+            self._each_sink("prepare")
         self._inline = True
         thread = self._thread
         if thread is not None and thread.is_alive():
@@ -160,18 +161,10 @@ class Reporter:
         self._drain()
         self._say_dropped()
         self._say_suppressed(force=True)
-        for sink in self._sinks:
-            # Exporting sinks (OpenTelemetry) push out what they batched, time-bounded.
-            close_exports = getattr(sink, "close_exports", None)
-            if close_exports is not None:
-                with contextlib.suppress(Exception):
-                    close_exports(timeout)
-        for sink in self._sinks:
-            # A sink that could not write says once, at exit, how much it lost.
-            summarize = getattr(sink, "summarize_losses", None)
-            if summarize is not None:
-                with contextlib.suppress(Exception):
-                    summarize()
+        # Exporting sinks (OpenTelemetry) push out what they batched, time-bounded;
+        # then a sink that could not write says once, at exit, how much it lost.
+        self._each_sink("close_exports", timeout)
+        self._each_sink("summarize_losses")
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Like :meth:`close`, then ignore every later report (used by uninstall)."""
@@ -241,21 +234,21 @@ class Reporter:
                     "its reports are being lost",
                 )
 
+    def _each_sink(self, method: str, *args: object) -> None:
+        """Call ``method`` on every sink that has it (the optional part of a Sink)."""
+        for sink in self._sinks:
+            function = getattr(sink, method, None)
+            if function is not None:
+                with contextlib.suppress(Exception):
+                    function(*args)
+
     def _flush_exports(self) -> None:
         # Sinks that batch (OpenTelemetry) hand over what they hold; each is time-bounded.
-        for sink in self._sinks:
-            flush_exports = getattr(sink, "flush_exports", None)
-            if flush_exports is not None:
-                with contextlib.suppress(Exception):
-                    flush_exports()
+        self._each_sink("flush_exports")
 
     def _say_suppressed(self, force: bool) -> None:
         for site, kind, count in self._limiter.take_suppressed(force):
-            for sink in self._sinks:
-                emit = getattr(sink, "emit_suppressed", None)
-                if emit is not None:
-                    with contextlib.suppress(Exception):
-                        emit(site, kind, count)
+            self._each_sink("emit_suppressed", site, kind, count)
 
     def _say_dropped(self) -> None:
         dropped = self._dropped
@@ -299,8 +292,8 @@ def _keep_keyboard_interrupt_exit_status() -> None:
     CPython remembers "the main module died of KeyboardInterrupt" in a flag that any
     later ``exec()``/``eval()`` of a string clears (and imports such as dataclasses or
     namedtuple do exactly that): the exit status would become 1 instead of -SIGINT.
-    The agent's work at exit (writing queued reports, a first structlog import) may
-    do that, so the flag is set again the only way Python code can: by a string that
+    The agent's work at exit (writing queued reports, exporting spans) may do that,
+    so the flag is set again the only way Python code can: by a string that
     raises KeyboardInterrupt, run through ``exec``.
     """
     last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)

@@ -1,8 +1,9 @@
 """The structured-event sink: each Report as one structlog event (JSON line or console).
 
 Owns the event field names of the contract and the output stream. Runs in the reporter
-thread; imports structlog on first use. Never touches the application's structlog
-configuration: it builds its own logger with its own processors.
+thread; imports structlog in ``warm_up()`` (when asyncio is imported) or on first use,
+never at exit. Never touches the application's structlog configuration: it builds its
+own logger with its own processors.
 """
 
 from __future__ import annotations
