@@ -14,8 +14,9 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
+from agent.records import record_of
 from agent.report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report
-from agent.sites import RECORD_ATTR, SPAN_ATTR, Site
+from agent.sites import SPAN_ATTR, Site
 
 # The exact texts of CPython's finalizers (Modules/_asynciomodule.c and
 # Lib/asyncio/{tasks,futures}.py). The unretrieved one starts with the class name.
@@ -121,7 +122,7 @@ def report_from_context(loop: Any, context: Mapping[str, Any], decode: Decoder) 
     if not _is_task(task):
         return None
 
-    site, created = decode(getattr(task, RECORD_ATTR, None))
+    site, created = decode(record_of(task))
     age = None if created is None else max(0.0, _monotonic() - created)
 
     exception_type = exception_message = None

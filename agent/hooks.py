@@ -1,8 +1,9 @@
 """Loop hooks: which loop classes are patched, how, and how uninstall undoes it.
 
-The only module that knows asyncio's and uvloop's internals. It wraps two methods per
-loop class and touches nothing else: ``create_task`` (to record the creation site on the
-task) and ``call_exception_handler`` (where CPython's task finalizer reports). The task
+With agent.records, the only module that knows asyncio's and uvloop's internals. It
+wraps two methods per loop class: ``create_task`` (to record the creation site of each
+task) and ``call_exception_handler`` (where CPython's task finalizer reports), and has
+agent.records wrap ``add`` on asyncio's task registry. The task
 factory slot is left alone, so ``get_task_factory()``, ``set_task_factory()`` and the
 no-factory fast path behave exactly as without the agent.
 """
@@ -17,8 +18,9 @@ from types import MethodType, ModuleType
 from typing import Any
 
 from agent.detect import Decoder, report_from_context
+from agent.records import RegistryHook, keep_on_task
 from agent.report import Report
-from agent.sites import RECORD_ATTR, SPAN_ATTR, SiteRecorder
+from agent.sites import SPAN_ATTR, SiteRecorder
 
 _WRAPPER_MARK = "__asyncio_agent_wrapper__"
 _THIS_FILE = sys._getframe().f_code.co_filename
@@ -70,9 +72,10 @@ def _keyword_only_signature(function: Callable[..., Any]) -> tuple[str, ...]:
 
 def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> Callable[..., Any]:
     # The record is added after the task exists, so an eager task that already
-    # finished is still recorded. A task type without attribute storage (from a
+    # finished is still recorded (on the task itself: it never entered asyncio's
+    # registry, see agent.records). A task type without attribute storage (from a
     # factory) raises on the assignment and simply gets no site.
-    record = recorder.record
+    record_task = recorder.record_task
     create_task: Callable[..., Any]
 
     if _keyword_only_signature(original) == ("name", "context"):
@@ -81,13 +84,15 @@ def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> C
         def create_task(self: Any, coro: Any, *, name: Any = None, context: Any = None) -> Any:
             task = original(self, coro, name=name, context=context)
             try:
-                task._asyncio_agent_record = record(1)
+                record_task(task)
+                if self._task_factory is not None and task.done():
+                    keep_on_task(task)  # eager and finished: never registered
                 probe = recorder.span_probe
                 if probe is not None:
                     span = probe()
                     if span is not None:
                         task._asyncio_agent_span = span
-                if task._source_traceback:  # only in asyncio debug mode
+                if self._debug and task._source_traceback:  # asyncio debug mode
                     _hide_wrapper_frame(task)
             except Exception:
                 pass
@@ -98,7 +103,9 @@ def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> C
         def create_task(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
             task = original(self, coro, *args, **kwargs)
             try:
-                task._asyncio_agent_record = record(1)
+                record_task(task)
+                if task.done():
+                    keep_on_task(task)
                 probe = recorder.span_probe
                 if probe is not None:
                     span = probe()
@@ -134,8 +141,8 @@ def _make_call_exception_handler(
     return call_exception_handler
 
 
-# The literals in the wrappers above, spelled out for speed.
-assert RECORD_ATTR == "_asyncio_agent_record" and SPAN_ATTR == "_asyncio_agent_span"
+# The literal in the wrappers above, spelled out for speed.
+assert SPAN_ATTR == "_asyncio_agent_span"
 
 
 class LoopPatcher:
@@ -146,6 +153,7 @@ class LoopPatcher:
         self._submit = submit
         # (owner, attribute name) -> what owner.__dict__ held before, or _MISSING.
         self._undo: dict[tuple[Any, str], Any] = {}
+        self._registry_hook = RegistryHook()
         self.patched: list[str] = []
         """Names of what was patched, for people (``doctor``, docs, tests)."""
 
@@ -192,6 +200,7 @@ class LoopPatcher:
 
     def on_asyncio_imported(self, base_events: ModuleType) -> None:
         """Import-hook callback for ``asyncio.base_events``."""
+        self._registry_hook.install()
         self.patch_class(base_events.BaseEventLoop)
 
     def on_uvloop_imported(self, uvloop: ModuleType) -> None:
@@ -202,6 +211,7 @@ class LoopPatcher:
 
     def unpatch_all(self) -> None:
         """Restore every attribute this patcher replaced."""
+        self._registry_hook.uninstall()
         for (owner, name), before in reversed(list(self._undo.items())):
             try:
                 if before is _MISSING:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any, Optional
 
+from agent import records
+
 _getframe = sys._getframe
 _monotonic = time.monotonic
 
@@ -26,15 +28,6 @@ MAX_SITES = 16_384
 
 SPAN_ATTR = "_asyncio_agent_span"
 """Attribute set on a task when a span probe is active and returned something."""
-
-RECORD_ATTR = "_asyncio_agent_record"
-"""Attribute set on each task: an int packing the site's index and the creation time.
-
-Kept on the task itself because in a cyclic collection weak references are cleared
-before finalizers run: a side table would already be empty when the report arrives.
-An int, not a tuple: an object the garbage collector does not track, so the task's
-attribute dict stays untracked too and the host's collections do not slow down.
-"""
 
 _TIME_BITS = 42  # milliseconds of time.monotonic(): 139 years
 _TIME_MASK = (1 << _TIME_BITS) - 1
@@ -69,78 +62,134 @@ class SiteRecorder:
     def __init__(self, stack_depth: int, skip_modules: tuple[str, ...] = ()) -> None:
         self.stack_depth = stack_depth
         self._prefixes = tuple(INTERNAL_MODULES) + tuple(skip_modules)
-        # Both caches are keyed by id(code), never by the code object: hashing a code
-        # object hashes its bytecode and constants (over 100 ns) on every lookup. The
-        # code object is kept in the value and compared by identity, so a recycled id
-        # is never mistaken for the code it replaced.
-        # id(code) -> (code, is it internal: asyncio, the agent, or configured?)
-        self._internal: dict[int, tuple[CodeType, bool]] = {}
-        # (id(site code), site offset, id(parent code), parent offset) -> entry:
-        # [site code, parent code, site index, current record, record valid until].
-        # The parent tells apart one helper called from two places.
-        self._sites: dict[tuple[int, int, int, int], list[Any]] = {}
+        # Caches are keyed by ids, never by code objects: hashing a code object hashes
+        # its bytecode and constants (over 100 ns) on every lookup.
+        # ids of code objects known to be internal (asyncio, the agent, configured
+        # modules). The code objects are kept in _internal_codes, so an id in this set
+        # always names the code it was added for.
+        self._internal_ids: set[int] = set()
+        self._internal_codes: list[CodeType] = []
+        # id(code) -> code, for code objects known to be application code.
+        self._external: dict[int, CodeType] = {}
+        # What the hot path serves: id(code) + offset -> [code, offset, record, record
+        # valid until (monotonic seconds), parent code, parent offset], for the
+        # (site, caller) pair that created a task last. Every field is compared on a
+        # hit, so a colliding key or another caller is only a cache miss.
+        self._sites: dict[int, list[Any]] = {}
+        # (id(code), offset, id(parent code), parent offset) -> (site index, code,
+        # parent code); the code objects are kept so that the ids stay theirs.
+        self._site_index: dict[tuple[int, int, int, int], tuple[int, CodeType, Any]] = {}
         self._site_list = _SITE_LIST
         self.span_probe: Optional[Callable[[], object]] = None
         """Set by a tracing integration: returns what to keep of the span current at
         task creation (stored as ``task._asyncio_agent_span``), or None. Must be cheap
         and must not keep the span or its context alive (ids only)."""
+        self.record_task = self._make_record_task()
+        """``record_task(task)``: record the site of the caller's caller (the code that
+        called the patched ``create_task``) for ``task``. The hot path of the agent."""
 
     def _is_internal(self, frame: FrameType) -> bool:
         code = frame.f_code
-        known = self._internal.get(id(code))
-        if known is not None and known[0] is code:
-            return known[1]
+        if id(code) in self._internal_ids:
+            return True
+        if self._external.get(id(code)) is code:
+            return False
         module = frame.f_globals.get("__name__")
         internal = isinstance(module, str) and any(
             module == prefix or module.startswith(prefix + ".") for prefix in self._prefixes
         )
-        if len(self._internal) < MAX_SITES * 4:
-            self._internal[id(code)] = (code, internal)
+        if len(self._external) + len(self._internal_codes) < MAX_SITES * 4:
+            if internal:
+                self._internal_codes.append(code)
+                self._internal_ids.add(id(code))
+            else:
+                self._external[id(code)] = code
         return internal
 
-    def record(self, skip: int) -> int:
-        """The record for a task created by the caller ``skip`` frames above this call.
+    def _make_record_task(self) -> Callable[[Any], None]:
+        # Everything the hot path touches is a local of this closure: no attribute
+        # lookups on self, no helper calls on a cache hit.
+        getframe = _getframe
+        monotonic = _monotonic
+        internal_ids = self._internal_ids
+        sites_get = self._sites.get
+        table = records.TABLE
+        slow = self._record_slow
 
-        Called once per created task. Tasks created at one site within the same
-        millisecond share one record object, so a cache hit allocates nothing.
-        """
-        frame: Optional[FrameType] = _getframe(skip + 1)
-        internal = self._internal
-        while frame is not None:
+        def record_task(task: Any) -> None:
+            frame: Any = getframe(2)
             code = frame.f_code
-            known = internal.get(id(code))
-            if known is None or known[0] is not code:
-                if not self._is_internal(frame):
-                    break
-            elif not known[1]:
-                break
+            while id(code) in internal_ids:
+                frame = frame.f_back
+                code = frame.f_code
+            offset = frame.f_lasti
+            parent = frame.f_back
+            entry = sites_get(id(code) + offset)
+            now = monotonic()
+            if (
+                entry is not None
+                and entry[0] is code
+                and entry[1] == offset
+                and now < entry[3]
+                and parent is not None
+                and parent.f_code is entry[4]
+                and parent.f_lasti == entry[5]
+            ):
+                record = entry[2]
+            else:
+                record = slow(frame, now)
+            if records.registry_hooked:
+                table[id(task)] = record
+            else:
+                setattr(task, records.RECORD_ATTR, record)
+
+        return record_task
+
+    def _record_slow(self, frame: Optional[FrameType], now: float) -> int:
+        """The record for the first application frame at or above ``frame``.
+
+        The cache-miss half of ``record_task``: classifies frames never seen before,
+        finds or resolves the site for this frame and its caller, and makes it the
+        one the hot path serves for the rest of this millisecond.
+        """
+        records.maybe_sweep()  # here, not per task: at most once per site and millisecond
+        while frame is not None and self._is_internal(frame):
             frame = frame.f_back
-        now = _monotonic()
-        if frame is None:
-            return int(now * 1000) & _TIME_MASK
-        parent = frame.f_back
-        if parent is None:
-            parent_code = None
-            key = (id(code), frame.f_lasti, 0, -1)
-        else:
-            parent_code = parent.f_code
-            key = (id(code), frame.f_lasti, id(parent_code), parent.f_lasti)
-        entry = self._sites.get(key)
-        if entry is not None and entry[0] is code and entry[1] is parent_code:
-            if now < entry[4]:
-                record: int = entry[3]
-                return record
-            index = entry[2]
-        else:
-            entry = None
-            index = self._new_site(frame)
         millis = int(now * 1000)
+        if frame is None:
+            return millis & _TIME_MASK
+        code = frame.f_code
+        offset = frame.f_lasti
+        parent = frame.f_back
+        # The caller is part of the site's identity: one helper (``spawn(coro)``)
+        # called from two places gets two sites, each with its own stack.
+        if parent is None:
+            parent_code, parent_offset = None, -1
+        else:
+            parent_code, parent_offset = parent.f_code, parent.f_lasti
+        key = (id(code), offset, id(parent_code), parent_offset)
+        known = self._site_index.get(key)
+        if known is not None and known[1] is code and known[2] is parent_code:
+            index: int = known[0]
+        elif len(self._site_index) < MAX_SITES:
+            index = self._new_site(frame)
+            if not index:
+                return millis & _TIME_MASK
+            self._site_index[key] = (index, code, parent_code)
+        else:
+            return millis & _TIME_MASK
         record = (index << _TIME_BITS) | (millis & _TIME_MASK)
-        if entry is not None:
-            entry[3] = record
-            entry[4] = (millis + 1) * _MS
-        elif index and len(self._sites) < MAX_SITES:
-            self._sites[key] = [code, parent_code, index, record, (millis + 1) * _MS]
+        if parent is not None:
+            # A new list, not an update in place: another thread may be reading the
+            # old one on the hot path.
+            self._sites[id(code) + offset] = [
+                code,
+                offset,
+                record,
+                (millis + 1) * _MS,
+                parent_code,
+                parent_offset,
+            ]
         return record
 
     def _new_site(self, frame: FrameType) -> int:

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 from agent.livetasks import live_tasks
-from agent.sites import RECORD_ATTR, Site, SiteRecorder
+from agent.records import record_of
+from agent.sites import Site, SiteRecorder
 
 MAX_EXAMPLES = 3
 """Example task names and distinct awaiting stacks kept per site."""
@@ -223,7 +224,7 @@ def group_tasks(tasks: Iterable[Any], recorder: SiteRecorder) -> tuple[SiteSnaps
     now = time.monotonic()
     groups: dict[tuple[str, int, str], _Group] = {}
     for task in tasks:
-        site, created = recorder.decode(getattr(task, RECORD_ATTR, None))
+        site, created = recorder.decode(record_of(task))
         key = (site.filename, site.lineno, site.function) if site is not None else UNKNOWN_SITE
         group = groups.get(key)
         if group is None:

@@ -19,7 +19,7 @@ _WRAPPED_MARK = "__asyncio_agent_wrapper__"
 
 # A creation span packs into one int: trace id (128 bits), span id (64 bits) and the
 # sampled flag (1 bit). One int, not a tuple: the garbage collector does not track it,
-# so a task's attribute dict stays untracked (see agent.sites.RECORD_ATTR).
+# so the task's attribute dict stays untracked.
 _SPAN_BITS = 64
 _SPAN_MASK = (1 << _SPAN_BITS) - 1
 

@@ -212,6 +212,37 @@ def test_one_helper_called_from_two_places_gets_two_stacks(run: Runner) -> None:
     assert callers[1].endswith(f":{line_of(source, '# SECOND')} in main")
 
 
+def test_task_built_directly_never_shows_the_site_of_a_dead_task_at_its_address(
+    run: Runner,
+) -> None:
+    # asyncio.Task(...) bypasses create_task, so it has no record. The memory of a task
+    # that just died is the first to be reused: its record must not be read as this
+    # task's (agent.records drops it when the new task registers with asyncio).
+    source = """
+    import asyncio, gc
+    gc.disable()
+
+    async def done():
+        return 1
+
+    async def forever():
+        await asyncio.Event().wait()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for _ in range(50):
+            await asyncio.create_task(done())  # RECORDED
+            asyncio.Task(forever(), loop=loop)  # DIRECT
+            await asyncio.sleep(0)
+            gc.collect()
+
+    asyncio.run(main())
+    """
+    events = run(source).of_kind(DESTROYED)
+    assert len(events) == 50
+    assert [event.get("creation_line") for event in events] == [None] * 50
+
+
 @needs((3, 11))
 def test_taskgroup_create_task_site_is_the_application_line(run: Runner) -> None:
     # A TaskGroup task is awaited by the group; to leak one, the group itself must be

@@ -259,6 +259,7 @@ import gc, sys, types
 
 import agent
 import agent.runtime
+import agent.records
 import agent.sites
 
 agent.install()
@@ -289,7 +290,7 @@ records = []
 async def main():
     for coro in (hang(Secret()), boom(Secret())):
         task = asyncio.create_task(coro)
-        records.append(task._asyncio_agent_record)
+        records.append(agent.records.record_of(task))
     await asyncio.sleep(0)
     gc.collect()
 
@@ -298,7 +299,8 @@ gc.disable()
 asyncio.run(main())
 agent.flush()
 FORBIDDEN = (types.FrameType, types.CoroutineType, types.TracebackType, asyncio.Future, Secret)
-seen, todo, bad = set(), [captured, records, agent.sites._SITE_LIST, installation], []
+roots = [captured, records, agent.records.TABLE, agent.sites._SITE_LIST, installation]
+seen, todo, bad = set(), roots, []
 while todo:
     obj = todo.pop()
     if id(obj) in seen or isinstance(obj, type) or isinstance(obj, types.ModuleType):

@@ -1,0 +1,173 @@
+"""Where each task's creation record is kept: a table keyed by the task's id.
+
+Why not an attribute on the task: the first attribute gives a C task a ``__dict__``,
+one more garbage-collected allocation per task (every collection of the host program
+runs more often) and, on 3.13, 304 bytes. A weak reference per task costs the same.
+The table holds plain ints (key and value), which the collector never sees.
+
+Why the table is exact although ids are reused once a task dies:
+
+- A dead task's entry stays until its address is taken again, so the finalizer of a
+  task collected in a reference cycle (weak references are cleared before finalizers
+  run) still finds it.
+- Every asyncio task registers itself with asyncio's task registry while it is being
+  built (``_scheduled_tasks.add(task)``; ``_all_tasks`` before 3.12). :class:`RegistryHook`
+  sees that call and drops the entry a dead task left at the same id, so a task created
+  without our ``create_task`` (``asyncio.Task(...)`` called directly) has no record
+  rather than a stale one. ``create_task`` then writes the new task's record.
+- An eager task that already finished inside ``create_task`` never registers; it keeps
+  its record as an attribute (``RECORD_ATTR``), as does every task when the hook cannot
+  be installed.
+
+The table stays bounded without any per-task work: addresses are reused, and
+:func:`sweep` drops the entries of dead tasks once the table holds half again as many
+entries as there are live tasks (plus :data:`SWEEP_SLACK`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+RECORD_ATTR = "_asyncio_agent_record"
+"""The attribute holding the record of a task the table does not hold (see above)."""
+
+TABLE: dict[int, int] = {}
+"""``id(task) -> record`` for tasks created through a patched ``create_task``."""
+
+SWEEP_SLACK = 4_096
+"""Entries the table may hold beyond one and a half times the live tasks."""
+
+registry_hooked = False
+"""True while records go to :data:`TABLE`: the registry hook is installed."""
+
+
+def record_of(task: Any) -> Optional[int]:
+    """The creation record of a live ``task``, or None. Safe in a finalizer."""
+    try:
+        record = getattr(task, RECORD_ATTR, None)
+    except Exception:
+        record = None
+    if record is None:
+        record = TABLE.get(id(task))
+    return record if type(record) is int else None
+
+
+def keep_on_task(task: Any) -> None:
+    """Move ``task``'s record from the table onto the task (it will never register)."""
+    record = TABLE.pop(id(task), None)
+    if record is not None:
+        setattr(task, RECORD_ATTR, record)
+
+
+def _registry() -> Any:
+    tasks_module = sys.modules.get("asyncio.tasks")
+    if tasks_module is None or sys.version_info >= (3, 14):
+        # 3.14 keeps native tasks in per-thread lists: nothing to hook.
+        return None
+    name = "_scheduled_tasks" if sys.version_info >= (3, 12) else "_all_tasks"
+    registry = getattr(tasks_module, name, None)
+    if registry is None or not callable(getattr(registry, "add", None)):
+        return None
+    if not hasattr(registry, "__dict__"):
+        return None
+    return registry
+
+
+class RegistryHook:
+    """Drops a dead task's stale entry when a new task registers at the same id."""
+
+    def __init__(self) -> None:
+        self._registry: Any = None
+
+    def install(self) -> bool:
+        """Wrap the registry's ``add`` on the instance; False if that is not possible."""
+        global registry_hooked
+        if self._registry is not None:
+            return True
+        registry = _registry()
+        if registry is None:
+            return False
+        if getattr(registry.__dict__.get("add"), "__asyncio_agent_wrapper__", False):
+            self._registry = registry  # another installation's hook is still there
+            registry_hooked = True
+            return True
+        add = registry.add
+        table_pop = TABLE.pop
+
+        def add_task(task: Any) -> None:
+            # Called by every task's constructor (C or Python). The id cannot belong to
+            # a live recorded task: this one owns it now.
+            table_pop(id(task), None)
+            add(task)
+
+        add_task.__asyncio_agent_wrapper__ = True  # type: ignore[attr-defined]
+        # An instance attribute wins over the class's method, also for C's lookup.
+        registry.add = add_task
+        self._registry = registry
+        registry_hooked = True
+        return True
+
+    def uninstall(self) -> None:
+        """Remove the wrapper and forget every record.
+
+        Without the hook, a task created later could take a dead task's id and be read
+        as that task; a record lost on uninstall only costs a site.
+        """
+        global registry_hooked
+        registry, self._registry = self._registry, None
+        if registry is not None:
+            registry.__dict__.pop("add", None)
+        registry_hooked = False
+        TABLE.clear()
+
+
+def sweep() -> int:
+    """Drop the entries of tasks that no longer exist; return how many were dropped.
+
+    Called from the creating thread, never from a finalizer. A task that registered
+    after the registry was read keeps its entry: only ids absent from both readings
+    are dropped, and each is checked again right before it goes.
+    """
+    registry = _registry()
+    if registry is None:
+        return 0
+    before = TABLE.copy()  # one step, whatever other threads do
+    try:
+        tasks = list(registry)
+        eager = getattr(sys.modules.get("asyncio.tasks"), "_eager_tasks", ())
+        tasks.extend(eager)
+    except Exception:
+        return 0
+    live = {id(task) for task in tasks}
+    dropped = 0
+    for key, record in before.items():
+        if key not in live and TABLE.get(key) is record:
+            # A live task at this id would be in ``live``, unless it was created after
+            # the registry was read; then it wrote its own record object, and the
+            # ``is`` check above keeps it (records of one site and millisecond are
+            # shared, so a task of the same site and millisecond is dropped: it loses
+            # its site, never gets a wrong one).
+            TABLE.pop(key, None)
+            dropped += 1
+    del tasks
+    return dropped
+
+
+def maybe_sweep() -> None:
+    """Sweep once the table holds half again as many entries as there are live tasks.
+
+    Called on a site cache miss (at most once per site and millisecond), never per
+    task. Between two sweeps at least half the live tasks' count of entries is added,
+    so a sweep costs a few table writes per entry added.
+    """
+    size = len(TABLE)
+    if size <= SWEEP_SLACK:
+        return
+    registry = _registry()
+    try:
+        live = len(registry) if registry is not None else 0
+    except Exception:
+        return
+    if size > live + live // 2 + SWEEP_SLACK:
+        sweep()
