@@ -1,8 +1,8 @@
 """Creation sites: which line of the application created a task, and its stack.
 
 Owns the hot path run for every new task. It must stay tiny: a few frame steps, one
-dict lookup, no string work, no allocation on a cache hit. Strings are built once per
-distinct call site and cached.
+dict lookup, one clock read, one write to the record table (agent.records), no string
+work. Strings are built once per distinct site and caller, and cached.
 """
 
 from __future__ import annotations
