@@ -7,6 +7,7 @@ through the post-import hook when the application imports asyncio or uvloop.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import threading
@@ -20,6 +21,11 @@ from agent.reporter import Reporter
 from agent.sinks.events import EventSink
 from agent.sinks.otel import OtelSink
 from agent.tracing import TRACE_MODULE, SpanProbeSwitch
+
+
+def _young_collections() -> int:
+    """How many times the youngest generation has been collected so far."""
+    return int(gc.get_stats()[0]["collections"])
 
 
 class Installation:
@@ -62,10 +68,18 @@ class Installation:
         # have a single task yet: its thousands of allocations then cannot trigger a
         # collection that frees a lost task earlier than without the agent (as they
         # would at the first report, when the lost task's cycle is garbage already).
+        collections_before = _young_collections()
         with contextlib.suppress(Exception):
             self.event_sink.warm_up()
         self.reporter.start()
         self.otel_sink.start()
+        if gc.isenabled() and _young_collections() > collections_before:
+            # The import ran the collector, so every young object of the program's was
+            # collected or promoted already: what is young now is the import's own.
+            # Collecting it leaves the program its whole allocation budget before the
+            # next automatic collection, instead of a remainder near the threshold
+            # that would make that collection (and a lost task's end) come sooner.
+            gc.collect(0)
 
     def _otel_imported(self, module: ModuleType) -> None:
         if module.__name__ == TRACE_MODULE:
