@@ -73,8 +73,8 @@ def _keyword_only_signature(function: Callable[..., Any]) -> tuple[str, ...]:
 def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> Callable[..., Any]:
     # The record is added after the task exists, so an eager task that already
     # finished is still recorded (on the task itself: it never entered asyncio's
-    # registry, see agent.records). A task type without attribute storage (from a
-    # factory) raises on the assignment and simply gets no site.
+    # registry, see agent.records). If such a task has no attribute storage (a
+    # factory's own type), the assignment raises and the task simply gets no site.
     record_task = recorder.record_task
     create_task: Callable[..., Any]
 

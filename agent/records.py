@@ -79,6 +79,7 @@ class RegistryHook:
 
     def __init__(self) -> None:
         self._registry: Any = None
+        self._before: Any = None  # what registry.__dict__ held as "add", if anything
 
     def install(self) -> bool:
         """Wrap the registry's ``add`` on the instance; False if that is not possible."""
@@ -88,10 +89,7 @@ class RegistryHook:
         registry = _registry()
         if registry is None:
             return False
-        if getattr(registry.__dict__.get("add"), "__asyncio_agent_wrapper__", False):
-            self._registry = registry  # another installation's hook is still there
-            registry_hooked = True
-            return True
+        self._before = registry.__dict__.get("add")
         add = registry.add
         table_pop = TABLE.pop
 
@@ -101,7 +99,6 @@ class RegistryHook:
             table_pop(id(task), None)
             add(task)
 
-        add_task.__asyncio_agent_wrapper__ = True  # type: ignore[attr-defined]
         # An instance attribute wins over the class's method, also for C's lookup.
         registry.add = add_task
         self._registry = registry
@@ -117,7 +114,10 @@ class RegistryHook:
         global registry_hooked
         registry, self._registry = self._registry, None
         if registry is not None:
-            registry.__dict__.pop("add", None)
+            if self._before is None:
+                registry.__dict__.pop("add", None)
+            else:
+                registry.add = self._before
         registry_hooked = False
         TABLE.clear()
 

@@ -502,10 +502,15 @@ def test_tasks_leaked_after_uninstall_are_not_reported_and_loops_are_plain_again
         import agent
 
         base = asyncio.BaseEventLoop
+        registry = getattr(asyncio.tasks, "_scheduled_tasks", None)
+        if registry is None:
+            registry = asyncio.tasks._all_tasks
         print("wrapped before:", hasattr(base.create_task, "__wrapped__"))
+        print("registry hooked before:", "add" in vars(registry))
         asyncio.run(leak("before"))
         agent.uninstall()
         print("installed:", agent.is_installed())
+        print("registry hooked:", "add" in vars(registry))
         for name in ("create_task", "call_exception_handler"):
             function = getattr(base, name)
             print(name, "wrapped:", hasattr(function, "__wrapped__"), function.__module__)
@@ -522,7 +527,9 @@ def test_tasks_leaked_after_uninstall_are_not_reported_and_loops_are_plain_again
     assert result.returncode == 0, result.stderr
     for line in (
         "wrapped before: True",
+        "registry hooked before: True",
         "installed: False",
+        "registry hooked: False",
         "create_task wrapped: False asyncio.base_events",
         "call_exception_handler wrapped: False asyncio.base_events",
         "create_task code in: base_events.py",
