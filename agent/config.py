@@ -50,6 +50,9 @@ class Settings(NamedTuple):
     """Signal name (``SIGUSR1``) that writes a task snapshot event; empty = off."""
     snapshot_interval: float = 0.0
     """Seconds between task snapshot events; 0 = off."""
+    speedups: bool = True
+    """Use the compiled hot path (``agent._speedups``) where it was built; ``False``
+    runs the same logic in Python."""
 
 
 # Environment variable suffix -> Settings field.
@@ -64,6 +67,7 @@ _ENV_FIELDS = {
     "PATH_ROOT": "path_root",
     "DUMP_SIGNAL": "dump_signal",
     "SNAPSHOT_INTERVAL": "snapshot_interval",
+    "SPEEDUPS": "speedups",
 }
 # Names that are read elsewhere (activation) and so are not unknown.
 _OTHER_KNOWN = frozenset({ENV_PREFIX})
@@ -140,6 +144,17 @@ def _redact(name: str, raw: object) -> bool:
     return False
 
 
+def _speedups(name: str, raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in _FALSE and value:
+        return False
+    if value not in _TRUE:
+        warn_once(name, f"{name}={raw!r} is not one of 1/true/yes/on or 0/false/no/off; using 1")
+    return True
+
+
 def _path_root(name: str, raw: object) -> Optional[str]:
     if raw is None:
         return None
@@ -203,6 +218,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "path_root": _path_root,
     "dump_signal": _signal_name,
     "snapshot_interval": _seconds,
+    "speedups": _speedups,
 }
 
 

@@ -21,6 +21,7 @@ from agent.detect import Decoder, report_from_context
 from agent.records import RegistryHook, keep_on_task
 from agent.report import Report
 from agent.sites import SPAN_ATTR, SiteRecorder
+from agent.speedups import compiled as compiled_speedups
 
 _WRAPPER_MARK = "__asyncio_agent_wrapper__"
 _THIS_FILE = sys._getframe().f_code.co_filename
@@ -75,10 +76,19 @@ def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> C
     # finished is still recorded (on the task itself: it never entered asyncio's
     # registry, see agent.records). If such a task has no attribute storage (a
     # factory's own type), the assignment raises and the task simply gets no site.
-    record_task = recorder.record_task
+    factory_only = _keyword_only_signature(original) == ("name", "context")
     create_task: Callable[..., Any]
+    compiled = compiled_speedups()
+    if recorder.accelerator is not None and compiled is not None:
+        # The same steps in C, and no Python frame of ours on the creator's stack (so
+        # debug mode's _source_traceback has nothing of ours to hide).
+        create_task = compiled.CreateTask(original, recorder.accelerator)
+        create_task = functools.wraps(original)(create_task)
+        setattr(create_task, _WRAPPER_MARK, True)
+        return create_task
 
-    if _keyword_only_signature(original) == ("name", "context"):
+    record_task = recorder.record_task
+    if factory_only:
         # asyncio's own create_task on 3.11+: explicit keywords are cheaper than
         # **kwargs, and passing their default None is the same as not passing them.
         def create_task(self: Any, coro: Any, *, name: Any = None, context: Any = None) -> Any:
@@ -153,7 +163,7 @@ class LoopPatcher:
         self._submit = submit
         # (owner, attribute name) -> what owner.__dict__ held before, or _MISSING.
         self._undo: dict[tuple[Any, str], Any] = {}
-        self._registry_hook = RegistryHook()
+        self._registry_hook = RegistryHook(compiled=recorder.accelerator is not None)
         self.patched: list[str] = []
         """Names of what was patched, for people (``doctor``, docs, tests)."""
 

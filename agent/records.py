@@ -29,6 +29,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
+from agent.speedups import compiled as compiled_speedups
+
 RECORD_ATTR = "_asyncio_agent_record"
 """The attribute holding the record of a task the table does not hold (see above)."""
 
@@ -69,17 +71,19 @@ def _registry() -> Any:
     registry = getattr(tasks_module, name, None)
     if registry is None or not callable(getattr(registry, "add", None)):
         return None
-    if not hasattr(registry, "__dict__"):
-        return None
+    # Never read registry.__dict__ (nor vars()): that turns the WeakSet's inline
+    # attribute values into a real dict for good, and every task's add and removal
+    # then looks its attributes up the slow way (~5 dict lookups per task).
     return registry
 
 
 class RegistryHook:
     """Drops a dead task's stale entry when a new task registers at the same id."""
 
-    def __init__(self) -> None:
+    def __init__(self, compiled: bool = False) -> None:
+        self._compiled = compiled  # wrap with agent._speedups.RegistryAdd
         self._registry: Any = None
-        self._before: Any = None  # what registry.__dict__ held as "add", if anything
+        self._before: Any = None  # the instance attribute "add" found, if any
 
     def install(self) -> bool:
         """Wrap the registry's ``add`` on the instance; False if that is not possible."""
@@ -89,8 +93,11 @@ class RegistryHook:
         registry = _registry()
         if registry is None:
             return False
-        self._before = registry.__dict__.get("add")
         add = registry.add
+        inherited = getattr(add, "__self__", None) is registry and getattr(
+            add, "__func__", None
+        ) is getattr(type(registry), "add", None)
+        self._before = None if inherited else add  # an instance attribute to put back
         table_pop = TABLE.pop
 
         def add_task(task: Any) -> None:
@@ -99,8 +106,13 @@ class RegistryHook:
             table_pop(id(task), None)
             add(task)
 
+        speedups = compiled_speedups() if self._compiled else None
+        wrapper = add_task if speedups is None else speedups.RegistryAdd(TABLE, add)
         # An instance attribute wins over the class's method, also for C's lookup.
-        registry.add = add_task
+        try:
+            registry.add = wrapper
+        except (AttributeError, TypeError):  # no instance attributes: nothing to hook
+            return False
         self._registry = registry
         registry_hooked = True
         return True
@@ -115,7 +127,10 @@ class RegistryHook:
         registry, self._registry = self._registry, None
         if registry is not None:
             if self._before is None:
-                registry.__dict__.pop("add", None)
+                try:
+                    del registry.add
+                except AttributeError:
+                    pass
             else:
                 registry.add = self._before
         registry_hooked = False

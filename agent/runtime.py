@@ -42,7 +42,9 @@ class Installation:
         self.reporter = Reporter(
             [self.event_sink, self.otel_sink], settings.queue_size, rate_limit=settings.rate_limit
         )
-        self.recorder = SiteRecorder(settings.stack_depth, settings.skip_modules)
+        self.recorder = SiteRecorder(
+            settings.stack_depth, settings.skip_modules, speedups=settings.speedups
+        )
         self.span_switch = SpanProbeSwitch(self.recorder)
         # Redaction runs in the finalizer, so the message never reaches the queue.
         submit = redacting(self.reporter.submit) if settings.redact else self.reporter.submit

@@ -15,6 +15,7 @@ from types import CodeType, FrameType
 from typing import Any, Optional
 
 from agent import records
+from agent.speedups import compiled as compiled_speedups
 
 _getframe = sys._getframe
 _monotonic = time.monotonic
@@ -59,7 +60,9 @@ _SITE_LIST_LOCK = threading.Lock()  # taken on a cache miss only, never in a fin
 class SiteRecorder:
     """Finds and caches creation sites, skipping asyncio's and the agent's frames."""
 
-    def __init__(self, stack_depth: int, skip_modules: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, stack_depth: int, skip_modules: tuple[str, ...] = (), *, speedups: bool = True
+    ) -> None:
         self.stack_depth = stack_depth
         self._prefixes = tuple(INTERNAL_MODULES) + tuple(skip_modules)
         # Caches are keyed by ids, never by code objects: hashing a code object hashes
@@ -80,13 +83,37 @@ class SiteRecorder:
         # parent code); the code objects are kept so that the ids stay theirs.
         self._site_index: dict[tuple[int, int, int, int], tuple[int, CodeType, Any]] = {}
         self._site_list = _SITE_LIST
-        self.span_probe: Optional[Callable[[], object]] = None
+        self._span_probe: Optional[Callable[[], object]] = None
+        compiled = compiled_speedups() if speedups else None
+        self.accelerator: Any = None
+        """The compiled ``Recorder`` (agent._speedups) in use, or None: Python only."""
+        if compiled is not None:
+            self.accelerator = compiled.Recorder(
+                self._internal_ids,
+                self._record_slow,
+                records.TABLE,
+                vars(records),
+                records.RECORD_ATTR,
+            )
+        self.record_task: Callable[[Any], None] = (
+            self.accelerator if self.accelerator is not None else self._make_record_task()
+        )
+        """``record_task(task)``: record the site of the caller's caller (the code that
+        called the patched ``create_task``) for ``task``. The hot path of the agent,
+        compiled or in Python: both walk, check and write exactly alike."""
+
+    @property
+    def span_probe(self) -> Optional[Callable[[], object]]:
         """Set by a tracing integration: returns what to keep of the span current at
         task creation (stored as ``task._asyncio_agent_span``), or None. Must be cheap
         and must not keep the span or its context alive (ids only)."""
-        self.record_task = self._make_record_task()
-        """``record_task(task)``: record the site of the caller's caller (the code that
-        called the patched ``create_task``) for ``task``. The hot path of the agent."""
+        return self._span_probe
+
+    @span_probe.setter
+    def span_probe(self, probe: Optional[Callable[[], object]]) -> None:
+        self._span_probe = probe
+        if self.accelerator is not None:
+            self.accelerator.span_probe = probe  # read there by the compiled wrapper
 
     def _is_internal(self, frame: FrameType) -> bool:
         code = frame.f_code

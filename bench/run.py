@@ -56,6 +56,7 @@ AGENT_ON = {"PYTHONPATH": str(SITECUSTOMIZE), "ASYNCIO_AGENT": "1"}
 VARIANTS = [
     Variant("baseline"),
     Variant("agent", AGENT_ON),
+    Variant("agent_python_path", {**AGENT_ON, "ASYNCIO_AGENT_SPEEDUPS": "0"}),
     Variant("agent_full_stacks", {**AGENT_ON, "ASYNCIO_AGENT_STACK_DEPTH": "64"}),
     Variant("debug_mode", {"PYTHONASYNCIODEBUG": "1"}, slow=True),
     Variant("aiomonitor", peer="aiomonitor", slow=True),

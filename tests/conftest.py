@@ -79,12 +79,21 @@ def line_of(source: str, marker: str) -> int:
     raise AssertionError(f"marker {marker!r} not in source")
 
 
+SPEEDUPS_VARIABLE = "ASYNCIO_AGENT_SPEEDUPS"
+"""Kept from the test process's environment: ``ASYNCIO_AGENT_SPEEDUPS=0 pytest`` runs
+the whole suite on the agent's Python hot path (tests/run.sh does, on two Pythons)."""
+
+_OFF = ("0", "false", "no", "off")
+PYTHON_PATH_ONLY = os.environ.get(SPEEDUPS_VARIABLE, "1").strip().lower() in _OFF
+
+
 def clean_environment() -> dict[str, str]:
     """The test process's environment without any agent or asyncio debug settings."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("ASYNCIO_AGENT") and k not in ("PYTHONASYNCIODEBUG", "PYTHONPATH")
+        if (not k.startswith("ASYNCIO_AGENT") or k == SPEEDUPS_VARIABLE)
+        and k not in ("PYTHONASYNCIODEBUG", "PYTHONPATH")
     }
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs the test suite on every supported Python (pyenv's 3.10-3.13), each in its own
 # fresh virtualenv under .venvs/, and prints one closing "N passed, N failed" line.
+# On PYTHON_PATH_PYTHONS (default: the oldest and the newest) the suite runs a second
+# time with ASYNCIO_AGENT_SPEEDUPS=0: the agent's Python hot path, which runs wherever
+# its compiled one (agent/_speedups.c) was not built.
 # Usage: bash tests/run.sh [pytest args...]      PYTHONS="3.12.1 3.13.0" to choose.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PYENV_ROOT="${PYENV_ROOT:-$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")}"
 PYTHONS="${PYTHONS:-3.10.13 3.11.7 3.12.1 3.13.0}"
+PYTHON_PATH_PYTHONS="${PYTHON_PATH_PYTHONS:-3.10.13 3.13.0}"
 mkdir -p .venvs/reports
 status=0
 
@@ -37,23 +41,33 @@ for version in $PYTHONS; do
             opentelemetry-distro 2>>"$venv/pip.log" \
             || echo "(OpenTelemetry did not install on $version; its tests will skip)"
     fi
-    "$venv/bin/python" -m pytest -n 2 -q -p no:cacheprovider \
-        --junitxml=".venvs/reports/$version.xml" "$@"
-    code=$?
-    if [ "$code" -eq 5 ]; then
-        echo "!! Python $version: pytest collected no tests" >&2
-        status=1
-    elif [ "$code" -ne 0 ]; then
-        status=1
-    fi
+    runs="$version"
+    case " $PYTHON_PATH_PYTHONS " in *" $version "*) runs="$runs $version-python-path" ;; esac
+    for report in $runs; do
+        setting=()
+        if [ "$report" != "$version" ]; then
+            echo "=== Python $version, the agent's Python hot path (ASYNCIO_AGENT_SPEEDUPS=0)"
+            setting=(ASYNCIO_AGENT_SPEEDUPS=0)
+        fi
+        env "${setting[@]}" "$venv/bin/python" -m pytest -n 2 -q \
+            -p no:cacheprovider --junitxml=".venvs/reports/$report.xml" "$@"
+        code=$?
+        if [ "$code" -eq 5 ]; then
+            echo "!! Python $version: pytest collected no tests" >&2
+            status=1
+        elif [ "$code" -ne 0 ]; then
+            status=1
+        fi
+        REPORTS="${REPORTS:-} $report"
+    done
 done
 
-"$PYENV_ROOT/versions/3.11.7/bin/python" - "$PYTHONS" <<'PY' || status=1
+"$PYENV_ROOT/versions/3.11.7/bin/python" - "${REPORTS:-}" <<'PY' || status=1
 import sys, xml.etree.ElementTree as ET
 from pathlib import Path
 passed = failed = skipped = 0
-for version in sys.argv[1].split():
-    path = Path(".venvs/reports") / f"{version}.xml"
+for report in sys.argv[1].split():
+    path = Path(".venvs/reports") / f"{report}.xml"
     if not path.exists():
         failed += 1
         continue
@@ -63,7 +77,7 @@ for version in sys.argv[1].split():
         failed += fails + errors
         skipped += skips
         passed += total - fails - errors - skips
-print(f"all Pythons ({sys.argv[1]}):")
+print(f"all runs ({sys.argv[1].strip()}):")
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 PY
 exit $status

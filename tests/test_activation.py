@@ -136,6 +136,7 @@ def test_stack_depth_limits_the_creation_stack(run: Runner) -> None:
         ("ASYNCIO_AGENT_QUEUE_SIZE", "", "ASYNCIO_AGENT_QUEUE_SIZE='' is not a whole number"),
         ("ASYNCIO_AGENT_FORMAT", "xml", "ASYNCIO_AGENT_FORMAT='xml' is not 'json' or 'console'"),
         ("ASYNCIO_AGENT_OUTPT", "x.log", "ASYNCIO_AGENT_OUTPT is not a setting of the agent"),
+        ("ASYNCIO_AGENT_SPEEDUPS", "", "ASYNCIO_AGENT_SPEEDUPS='' is not one of 1/true/yes/on"),
     ],
 )
 def test_bad_setting_gives_one_warning_and_the_program_runs_on(

@@ -17,6 +17,8 @@ import site
 import sys
 from typing import Any, Optional
 
+from agent.speedups import status as hot_path_status
+
 
 def _version(distribution: str) -> Optional[str]:
     try:
@@ -123,13 +125,15 @@ def _features() -> dict[str, Any]:
 def collect() -> dict[str, Any]:
     """Everything ``doctor`` reports, as plain values."""
     settings, warnings = _settings()
+    features = _features()
+    features["hot_path"] = hot_path_status(bool(settings.get("speedups", True)))
     return {
         "agent_version": _version("asyncio-agent"),
         "activation": _activation(),
         "settings": settings,
         "setting_warnings": warnings,
         "output": _output(settings),
-        "features": _features(),
+        "features": features,
     }
 
 
@@ -171,6 +175,7 @@ def render_text(facts: dict[str, Any]) -> str:
     lines.append(f"  TaskGroup            {_yes(features['task_group'])}")
     lines.append(f"  live task registry   {features['live_task_registry']}")
     lines.append(f"  structlog            {features['structlog'] or 'MISSING (required)'}")
+    lines.append(f"  hot path             {features['hot_path']}")
     if features["asyncio_debug_env"]:
         lines.append(f"  PYTHONASYNCIODEBUG   {features['asyncio_debug_env']} (slow: debug mode)")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,764 @@
+/* The agent's per-task hot path in C (optional; agent/sites.py and agent/hooks.py hold
+ * the Python version it mirrors, used whenever this module is absent or switched off).
+ *
+ * Three callables:
+ *   Recorder(internal_ids, slow, table, flags, attr)
+ *       the site cache of one SiteRecorder; record_task(task) as a call, and the
+ *       span_probe the wrappers consult.
+ *   CreateTask(original, recorder)
+ *       the patched `create_task` of a loop class: calls `original` with the very
+ *       arguments it got, then records; adds no Python frame to the stack.
+ *   RegistryAdd(table, add)(task)
+ *       the wrapper of asyncio's task registry `add` (agent/records.py).
+ *
+ * Why it is fast: the walk reads CPython's own frame records (no frame object is made
+ * for asyncio.create_task's frame, which is new each time), internal code objects are
+ * remembered in a short array, and the (site, caller) cache is a small array of slots
+ * keyed by code pointer and offset instead of dicts keyed by ints. A cache miss calls
+ * SiteRecorder._record_slow, the same Python code the Python path uses, so both
+ * paths give the same records.
+ *
+ * Frames: on 3.11+ the walk reads struct _PyInterpreterFrame from CPython's internal
+ * header (its layout differs in every minor version: this is compiled per version),
+ * skipping incomplete frames exactly as PyFrame_GetBack does. On 3.10 frames are
+ * PyFrameObjects already.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <frameobject.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#if PY_VERSION_HEX < 0x030A0000 || PY_VERSION_HEX >= 0x030E0000
+#error "built for Python 3.10 to 3.13 only (the agent runs its Python path elsewhere)"
+#endif
+#ifdef Py_GIL_DISABLED
+#error "the free-threaded build is not supported (the Python path runs instead)"
+#endif
+#ifndef CLOCK_MONOTONIC
+#error "CLOCK_MONOTONIC is needed (the module is optional: the Python path runs instead)"
+#endif
+
+#if PY_VERSION_HEX >= 0x030B0000
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#undef Py_BUILD_CORE
+#endif
+
+/* ------------------------------------------------------------- frame cursor */
+
+#if PY_VERSION_HEX >= 0x030B0000
+typedef _PyInterpreterFrame *Cursor;
+
+static inline Cursor
+skip_incomplete(Cursor frame)
+{
+    while (frame != NULL && _PyFrame_IsIncomplete(frame)) {
+        frame = frame->previous;
+    }
+    return frame;
+}
+
+static inline Cursor
+cursor_current(void)
+{
+    PyThreadState *tstate = PyThreadState_Get();
+#if PY_VERSION_HEX >= 0x030D0000
+    return skip_incomplete(tstate->current_frame);
+#else
+    return skip_incomplete(tstate->cframe->current_frame);
+#endif
+}
+
+static inline Cursor
+cursor_back(Cursor frame)
+{
+    return skip_incomplete(frame->previous);
+}
+
+/* The frame's code object (borrowed), or NULL if it is not one. */
+static inline PyCodeObject *
+cursor_code(Cursor frame)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *executable = frame->f_executable;
+    return PyCode_Check(executable) ? (PyCodeObject *)executable : NULL;
+#else
+    return frame->f_code;
+#endif
+}
+
+/* frame.f_lasti as Python shows it (a byte offset, -1 before the first instruction). */
+static inline int
+cursor_lasti(Cursor frame)
+{
+    int lasti = _PyInterpreterFrame_LASTI(frame);
+    return lasti < 0 ? -1 : lasti * (int)sizeof(_Py_CODEUNIT);
+}
+
+#else /* 3.10 */
+typedef PyFrameObject *Cursor;
+
+static inline Cursor
+cursor_current(void)
+{
+    return PyEval_GetFrame();
+}
+
+static inline Cursor
+cursor_back(Cursor frame)
+{
+    return frame->f_back;
+}
+
+static inline PyCodeObject *
+cursor_code(Cursor frame)
+{
+    return frame->f_code;
+}
+
+static inline int
+cursor_lasti(Cursor frame)
+{
+    return frame->f_lasti < 0 ? -1 : frame->f_lasti * (int)sizeof(_Py_CODEUNIT);
+}
+#endif
+
+#if PY_VERSION_HEX < 0x030B0000
+static int
+PyFrame_GetLasti(PyFrameObject *frame)
+{
+    return cursor_lasti(frame);
+}
+#endif
+
+/* The frame object for `frame`, `steps` complete frames above the current one (a new
+ * reference), or None if the public API's walk does not arrive at the same code and
+ * offset. Made only on a cache miss: it is what SiteRecorder._record_slow takes. */
+static PyObject *
+frame_object(int steps, PyCodeObject *code, int offset)
+{
+    PyFrameObject *frame = PyEval_GetFrame();
+    Py_XINCREF(frame);
+    for (int i = 0; i < steps && frame != NULL; i++) {
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+    if (frame != NULL) {
+        PyCodeObject *frame_code = PyFrame_GetCode(frame);
+        int same = frame_code == code && PyFrame_GetLasti(frame) == offset;
+        Py_DECREF(frame_code);
+        if (same) {
+            return (PyObject *)frame;
+        }
+        Py_DECREF(frame);
+    }
+    Py_RETURN_NONE;
+}
+
+/* time.monotonic(): on Linux both read CLOCK_MONOTONIC. */
+static double
+monotonic_now(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        return 0.0;
+    }
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static PyObject *str_registry_hooked; /* "registry_hooked" */
+static PyObject *str_span_attr;       /* "_asyncio_agent_span" */
+
+/* The task that registered last (RegistryAdd), compared by address only and never
+ * dereferenced: create_task's task registered iff it is this one. */
+static PyObject *last_registered = NULL;
+
+/* ------------------------------------------------------------------ Recorder */
+
+#define SLOTS 256         /* (site, caller) pairs served without a miss; a power of 2 */
+#define INTERNAL_CODES 32 /* internal code objects remembered without a set lookup */
+
+typedef struct {
+    PyCodeObject *code; /* strong references: the pointers stay theirs */
+    PyCodeObject *parent_code;
+    PyObject *record;
+    int offset;
+    int parent_offset;
+    double valid_until; /* monotonic seconds: the end of the millisecond it was made */
+} Slot;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *internal_ids; /* set: id(code) of frames that are never a site */
+    PyObject *slow;         /* slow(frame, now) -> record: SiteRecorder._record_slow */
+    PyObject *table;        /* dict: id(task) -> record (agent.records.TABLE) */
+    PyObject *flags;        /* agent.records' module dict: registry_hooked */
+    PyObject *attr;         /* the record attribute's name (records.RECORD_ATTR) */
+    PyObject *span_probe;   /* None, or called for each task (agent.tracing) */
+    vectorcallfunc vectorcall;
+    int internal_count;
+    PyCodeObject *internal[INTERNAL_CODES];
+    Slot slots[SLOTS];
+} Recorder;
+
+static inline int
+known_internal(Recorder *self, PyCodeObject *code)
+{
+    for (int i = 0; i < self->internal_count; i++) {
+        if (self->internal[i] == code) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* 1 if id(code) is in the internal set (and remembers it), 0 if not, -1 on error. */
+static int
+check_internal(Recorder *self, PyCodeObject *code)
+{
+    PyObject *key = PyLong_FromVoidPtr(code);
+    if (key == NULL) {
+        return -1;
+    }
+    int found = PySet_Contains(self->internal_ids, key);
+    Py_DECREF(key);
+    if (found > 0 && self->internal_count < INTERNAL_CODES) {
+        Py_INCREF(code);
+        self->internal[self->internal_count++] = code;
+    }
+    return found;
+}
+
+static inline Slot *
+slot_for(Recorder *self, PyCodeObject *code, int offset)
+{
+    uintptr_t key = ((uintptr_t)code >> 4) ^ ((uintptr_t)offset * 0x9E3779B1u);
+    return &self->slots[(key ^ (key >> 8)) & (SLOTS - 1)];
+}
+
+static void
+fill_slot(Slot *slot, PyCodeObject *code, int offset, PyCodeObject *parent_code,
+          int parent_offset, PyObject *record, double now)
+{
+    Slot old = *slot;
+    Py_INCREF(code);
+    Py_INCREF(parent_code);
+    Py_INCREF(record);
+    slot->code = code;
+    slot->offset = offset;
+    slot->parent_code = parent_code;
+    slot->parent_offset = parent_offset;
+    slot->record = record;
+    /* As the Python path: valid for the rest of this millisecond. */
+    slot->valid_until = (floor(now * 1000.0) + 1.0) * 0.001;
+    /* Released last: a release may run Python code (weakref callbacks). */
+    Py_XDECREF(old.code);
+    Py_XDECREF(old.parent_code);
+    Py_XDECREF(old.record);
+}
+
+/* The record for a task created by the code running in `frame`, `steps` frames above
+ * the current one (a new reference), or NULL with an exception set. */
+static PyObject *
+site_record(Recorder *self, Cursor frame, int steps)
+{
+    double now = monotonic_now();
+    while (frame != NULL) {
+        PyCodeObject *code = cursor_code(frame);
+        if (code == NULL) {
+            break;
+        }
+        if (known_internal(self, code)) {
+            frame = cursor_back(frame);
+            steps++;
+            continue;
+        }
+        int offset = cursor_lasti(frame);
+        Cursor parent = cursor_back(frame);
+        PyCodeObject *parent_code = parent == NULL ? NULL : cursor_code(parent);
+        int parent_offset = parent_code == NULL ? -1 : cursor_lasti(parent);
+        Slot *slot = slot_for(self, code, offset);
+        if (slot->code == code && slot->offset == offset && parent_code != NULL &&
+            slot->parent_code == parent_code && slot->parent_offset == parent_offset &&
+            now < slot->valid_until) {
+            return Py_NewRef(slot->record);
+        }
+        int internal = check_internal(self, code);
+        if (internal < 0) {
+            return NULL;
+        }
+        if (internal) {
+            frame = parent;
+            steps++;
+            continue;
+        }
+        /* A miss: the Python path classifies, resolves and caches. */
+        PyObject *frame_obj = frame_object(steps, code, offset);
+        PyObject *when = frame_obj == NULL ? NULL : PyFloat_FromDouble(now);
+        PyObject *record = NULL;
+        if (when != NULL) {
+            PyObject *args[2] = {frame_obj, when};
+            record = PyObject_Vectorcall(self->slow, args, 2, NULL);
+        }
+        Py_XDECREF(when);
+        Py_XDECREF(frame_obj);
+        if (record == NULL) {
+            return NULL;
+        }
+        /* The slow path may have found this code internal and gone further up; then
+         * the record is not this frame's to cache. Nor is one without a caller. */
+        if (parent_code != NULL && PyLong_CheckExact(record) && frame_obj != Py_None) {
+            internal = check_internal(self, code);
+            if (internal < 0) {
+                Py_DECREF(record);
+                return NULL;
+            }
+            if (!internal) {
+                fill_slot(slot, code, offset, parent_code, parent_offset, record, now);
+            }
+        }
+        return record;
+    }
+    /* Only internal frames (or none): no site, as in the Python path. */
+    PyErr_SetString(PyExc_LookupError, "no application frame");
+    return NULL;
+}
+
+/* Store `record` for `task`: in the table if it registered, else on the task. */
+static int
+store_record(Recorder *self, PyObject *task, PyObject *record, int in_table)
+{
+    if (in_table) {
+        PyObject *key = PyLong_FromVoidPtr(task);
+        if (key == NULL) {
+            return -1;
+        }
+        int status = PyDict_SetItem(self->table, key, record);
+        Py_DECREF(key);
+        return status;
+    }
+    return PyObject_SetAttr(task, self->attr, record);
+}
+
+static PyObject *
+Recorder_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Recorder *self = (Recorder *)op;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "record_task(task) takes one argument");
+        return NULL;
+    }
+    /* Called as record_task(task) from Python code (a Python create_task wrapper):
+     * that caller is the wrapper, not the creator, as sys._getframe(2) skips it in
+     * the Python path. */
+    Cursor caller = cursor_current();
+    PyObject *record = site_record(self, caller == NULL ? NULL : cursor_back(caller), 1);
+    if (record == NULL) {
+        return NULL;
+    }
+    PyObject *hooked = PyDict_GetItemWithError(self->flags, str_registry_hooked);
+    int status = -1;
+    if (hooked != NULL || !PyErr_Occurred()) {
+        status = store_record(self, args[0], record, hooked == Py_True);
+    }
+    Py_DECREF(record);
+    if (status < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *internal_ids, *slow, *table, *flags, *attr;
+    static char *names[] = {"internal_ids", "slow", "table", "flags", "attr", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!O!U:Recorder", names, &PySet_Type,
+                                     &internal_ids, &slow, &PyDict_Type, &table, &PyDict_Type,
+                                     &flags, &attr)) {
+        return NULL;
+    }
+    Recorder *self = (Recorder *)type->tp_alloc(type, 0); /* zeroed: empty slots */
+    if (self == NULL) {
+        return NULL;
+    }
+    self->internal_ids = Py_NewRef(internal_ids);
+    self->slow = Py_NewRef(slow);
+    self->table = Py_NewRef(table);
+    self->flags = Py_NewRef(flags);
+    self->attr = Py_NewRef(attr);
+    self->span_probe = Py_NewRef(Py_None);
+    self->vectorcall = Recorder_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+Recorder_traverse(Recorder *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->internal_ids);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->table);
+    Py_VISIT(self->flags);
+    Py_VISIT(self->attr);
+    Py_VISIT(self->span_probe);
+    return 0;
+}
+
+static int
+Recorder_clear(Recorder *self)
+{
+    Py_CLEAR(self->internal_ids);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->table);
+    Py_CLEAR(self->flags);
+    Py_CLEAR(self->attr);
+    Py_CLEAR(self->span_probe);
+    return 0;
+}
+
+static void
+Recorder_dealloc(Recorder *self)
+{
+    PyObject_GC_UnTrack(self);
+    Recorder_clear(self);
+    for (int i = 0; i < self->internal_count; i++) {
+        Py_CLEAR(self->internal[i]);
+    }
+    for (int i = 0; i < SLOTS; i++) {
+        Py_CLEAR(self->slots[i].code);
+        Py_CLEAR(self->slots[i].parent_code);
+        Py_CLEAR(self->slots[i].record);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Recorder_get_span_probe(Recorder *self, void *closure)
+{
+    return Py_NewRef(self->span_probe ? self->span_probe : Py_None);
+}
+
+static int
+Recorder_set_span_probe(Recorder *self, PyObject *value, void *closure)
+{
+    Py_XSETREF(self->span_probe, Py_NewRef(value ? value : Py_None));
+    return 0;
+}
+
+static PyGetSetDef Recorder_getset[] = {
+    {"span_probe", (getter)Recorder_get_span_probe, (setter)Recorder_set_span_probe,
+     "None, or called (no arguments) for each new task; a result other than None is "
+     "stored as task._asyncio_agent_span.",
+     NULL},
+    {NULL},
+};
+
+static PyTypeObject RecorderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "agent._speedups.Recorder",
+    .tp_doc = PyDoc_STR("Recorder(internal_ids, slow, table, flags, attr): "
+                        "record_task(task), the hot path of agent.sites in C."),
+    .tp_basicsize = sizeof(Recorder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = Recorder_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Recorder, vectorcall),
+    .tp_getset = Recorder_getset,
+    .tp_traverse = (traverseproc)Recorder_traverse,
+    .tp_clear = (inquiry)Recorder_clear,
+    .tp_dealloc = (destructor)Recorder_dealloc,
+};
+
+/* ---------------------------------------------------------------- CreateTask */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *original; /* the loop class's own create_task */
+    Recorder *recorder;
+    PyObject *dict;     /* functools.wraps' attributes and the agent's mark */
+    vectorcallfunc vectorcall;
+} CreateTask;
+
+/* What the Python wrapper does after the task exists; 0, or -1 with an exception. */
+static int
+after_create(CreateTask *self, PyObject *task, PyObject *registered)
+{
+    Recorder *recorder = self->recorder;
+    /* No frame of ours is on the stack: the current frame is the creator's (or
+     * asyncio.create_task's, which is internal). */
+    PyObject *record = site_record(recorder, cursor_current(), 0);
+    if (record == NULL) {
+        return -1;
+    }
+    /* A task that did not register (an eager task that finished inside create_task,
+     * or no registry hook) keeps its record itself: see agent/records.py. */
+    int status = store_record(recorder, task, record, registered == task);
+    Py_DECREF(record);
+    if (status < 0) {
+        return -1;
+    }
+    PyObject *probe = recorder->span_probe;
+    if (probe != NULL && probe != Py_None) {
+        Py_INCREF(probe);
+        PyObject *span = PyObject_CallNoArgs(probe);
+        Py_DECREF(probe);
+        if (span == NULL) {
+            return -1;
+        }
+        if (span != Py_None) {
+            status = PyObject_SetAttr(task, str_span_attr, span);
+        }
+        Py_DECREF(span);
+    }
+    return status;
+}
+
+static PyObject *
+CreateTask_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    CreateTask *self = (CreateTask *)op;
+    last_registered = NULL;
+    /* The arguments go through exactly as they came: name, context, eager_start,
+     * whatever the loop takes. */
+    PyObject *task = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    PyObject *registered = last_registered;
+    last_registered = NULL;
+    if (task == NULL) {
+        return NULL;
+    }
+    if (after_create(self, task, registered) < 0) {
+        /* Never raise into the program for the agent's sake (as `except Exception`). */
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            Py_DECREF(task);
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    return task;
+}
+
+static PyObject *
+CreateTask_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *original, *recorder;
+    static char *names[] = {"original", "recorder", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!:CreateTask", names, &original,
+                                     &RecorderType, &recorder)) {
+        return NULL;
+    }
+    CreateTask *self = (CreateTask *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->original = Py_NewRef(original);
+    self->recorder = (Recorder *)Py_NewRef(recorder);
+    self->vectorcall = CreateTask_vectorcall;
+    return (PyObject *)self;
+}
+
+/* A function binds to an instance; so does this (the loop is the first argument). */
+static PyObject *
+CreateTask_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+CreateTask_repr(CreateTask *self)
+{
+    return PyUnicode_FromFormat("<asyncio agent's wrapper of %R>", self->original);
+}
+
+static int
+CreateTask_traverse(CreateTask *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->original);
+    Py_VISIT(self->recorder);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+CreateTask_clear(CreateTask *self)
+{
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->recorder);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+CreateTask_dealloc(CreateTask *self)
+{
+    PyObject_GC_UnTrack(self);
+    CreateTask_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyGetSetDef CreateTask_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL},
+};
+
+static PyTypeObject CreateTaskType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "agent._speedups.CreateTask",
+    .tp_doc = PyDoc_STR("CreateTask(original, recorder): a loop class's create_task, "
+                        "recording each task's creation site."),
+    .tp_basicsize = sizeof(CreateTask),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = CreateTask_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(CreateTask, vectorcall),
+    .tp_descr_get = CreateTask_get,
+    .tp_dictoffset = offsetof(CreateTask, dict),
+    .tp_getset = CreateTask_getset,
+    .tp_repr = (reprfunc)CreateTask_repr,
+    .tp_traverse = (traverseproc)CreateTask_traverse,
+    .tp_clear = (inquiry)CreateTask_clear,
+    .tp_dealloc = (destructor)CreateTask_dealloc,
+};
+
+/* --------------------------------------------------------------- RegistryAdd */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *table; /* agent.records.TABLE */
+    PyObject *add;   /* the registry's own add */
+    vectorcallfunc vectorcall;
+} RegistryAdd;
+
+static PyObject *
+RegistryAdd_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RegistryAdd *self = (RegistryAdd *)op;
+    if (PyVectorcall_NARGS(nargsf) == 1 && kwnames == NULL) {
+        /* A task registering owns its id now: a dead task's entry there goes. */
+        last_registered = args[0];
+        PyObject *key = PyLong_FromVoidPtr(args[0]);
+        if (key == NULL) {
+            return NULL;
+        }
+        int present = PyDict_Contains(self->table, key);
+        if (present > 0 && PyDict_DelItem(self->table, key) < 0) {
+            present = -1;
+        }
+        Py_DECREF(key);
+        if (present < 0) {
+            return NULL;
+        }
+    }
+    return PyObject_Vectorcall(self->add, args, nargsf, kwnames);
+}
+
+static PyObject *
+RegistryAdd_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *table, *add;
+    static char *names[] = {"table", "add", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O:RegistryAdd", names, &PyDict_Type,
+                                     &table, &add)) {
+        return NULL;
+    }
+    RegistryAdd *self = (RegistryAdd *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->table = Py_NewRef(table);
+    self->add = Py_NewRef(add);
+    self->vectorcall = RegistryAdd_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+RegistryAdd_traverse(RegistryAdd *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->table);
+    Py_VISIT(self->add);
+    return 0;
+}
+
+static int
+RegistryAdd_clear(RegistryAdd *self)
+{
+    Py_CLEAR(self->table);
+    Py_CLEAR(self->add);
+    return 0;
+}
+
+static void
+RegistryAdd_dealloc(RegistryAdd *self)
+{
+    PyObject_GC_UnTrack(self);
+    RegistryAdd_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject RegistryAddType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "agent._speedups.RegistryAdd",
+    .tp_doc = PyDoc_STR("RegistryAdd(table, add)(task): drop table[id(task)], then add(task)."),
+    .tp_basicsize = sizeof(RegistryAdd),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = RegistryAdd_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(RegistryAdd, vectorcall),
+    .tp_traverse = (traverseproc)RegistryAdd_traverse,
+    .tp_clear = (inquiry)RegistryAdd_clear,
+    .tp_dealloc = (destructor)RegistryAdd_dealloc,
+};
+
+/* -------------------------------------------------------------------- module */
+
+static int
+intern(PyObject **slot, const char *text)
+{
+    *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+static int
+speedups_exec(PyObject *module)
+{
+    if (intern(&str_registry_hooked, "registry_hooked") < 0 ||
+        intern(&str_span_attr, "_asyncio_agent_span") < 0) {
+        return -1;
+    }
+    PyTypeObject *types[] = {&RecorderType, &CreateTaskType, &RegistryAddType};
+    const char *names[] = {"Recorder", "CreateTask", "RegistryAdd"};
+    for (size_t i = 0; i < 3; i++) {
+        if (PyType_Ready(types[i]) < 0) {
+            return -1;
+        }
+        if (PyModule_AddObject(module, names[i], Py_NewRef((PyObject *)types[i])) < 0) {
+            Py_DECREF(types[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "agent._speedups",
+    .m_doc = "The agent's per-task hot path in C (optional; see agent/sites.py).",
+    .m_size = -1, /* static types and strings: one interpreter only */
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module != NULL && speedups_exec(module) < 0) {
+        Py_CLEAR(module);
+    }
+    return module;
+}

@@ -1,0 +1,15 @@
+"""Build of the optional C hot path (agent/_speedups.c); everything else is in pyproject.toml.
+
+The extension is optional: where it does not compile (no compiler, another Python
+implementation), the package installs without it and the agent runs its Python code.
+"""
+
+import platform
+
+from setuptools import Extension, setup
+
+extensions = []
+if platform.python_implementation() == "CPython":
+    extensions.append(Extension("agent._speedups", ["agent/_speedups.c"], optional=True))
+
+setup(ext_modules=extensions)

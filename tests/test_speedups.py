@@ -1,0 +1,149 @@
+"""The compiled hot path (agent/_speedups.c) and the Python one it mirrors.
+
+Every other test runs on whichever path is in use (tests/run.sh runs the suite on both);
+these check that the compiled one is really built and used here, that both record the
+same sites for the same program, and that the setting switching it off behaves.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Any
+
+import pytest
+from conftest import DESTROYED, PYTHON_PATH_ONLY, UNRETRIEVED, Runner, line_of
+
+from agent.speedups import compiled as compiled_speedups
+
+CPYTHON = platform.python_implementation() == "CPython"
+
+WHICH_PATH = """\
+    import asyncio, agent.runtime
+
+    async def main():
+        recorder = agent.runtime.current().recorder
+        print(type(asyncio.get_running_loop().create_task.__func__).__name__)
+        print("compiled" if recorder.accelerator is not None else "python")
+
+    asyncio.run(main())
+    """
+
+
+@pytest.mark.skipif(not CPYTHON, reason="the compiled path is built for CPython only")
+def test_the_compiled_hot_path_is_built_for_this_python() -> None:
+    # pip builds it as an optional extension: a failed build would only be a warning
+    # in pip's output, and every other test would quietly run the Python path.
+    assert compiled_speedups() is not None
+
+
+def test_the_agent_uses_the_compiled_path_unless_told_not_to(run: Runner) -> None:
+    default = run(WHICH_PATH).stdout.split()
+    off = run(WHICH_PATH, env={"ASYNCIO_AGENT_SPEEDUPS": "0"}).stdout.split()
+    if CPYTHON and not PYTHON_PATH_ONLY:
+        assert default == ["CreateTask", "compiled"]
+    assert off == ["function", "python"]
+
+
+def test_a_bad_speedups_value_warns_once_and_keeps_the_compiled_path(run: Runner) -> None:
+    result = run(WHICH_PATH, env={"ASYNCIO_AGENT_SPEEDUPS": "fast"})
+    warnings = [line for line in result.stderr.splitlines() if "asyncio-agent" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "ASYNCIO_AGENT_SPEEDUPS='fast' is not one of 1/true/yes/on" in warnings[0]
+    assert result.stdout.split()[-1] == ("compiled" if CPYTHON else "python")
+
+
+# Sites of every shape the hot path handles: a direct call, a helper called from two
+# lines (the caller is part of the site), loop.create_task, ensure_future, a callback,
+# a task created inside a task, and many tasks from one line within one millisecond
+# (the cache). Each leaks one task and one unretrieved exception per site.
+SITES = """\
+    import asyncio, gc, sys
+
+    async def hang():
+        await asyncio.get_running_loop().create_future()
+
+    async def boom():
+        raise KeyError("boom")
+
+    def spawn(coro):
+        return asyncio.create_task(coro)  # site: helper
+
+    def from_callback():
+        asyncio.get_running_loop().create_task(hang())  # site: callback
+
+    async def parent():
+        asyncio.create_task(boom())  # site: inner
+        await asyncio.sleep(0)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        asyncio.create_task(hang())  # site: direct
+        spawn(hang())  # site: first caller
+        spawn(boom())  # site: second caller
+        loop.create_task(boom())  # site: loop method
+        asyncio.ensure_future(hang())  # site: ensure_future
+        loop.call_soon(from_callback)
+        asyncio.create_task(parent())  # site: parent
+        for _ in range(50):
+            asyncio.create_task(hang())  # site: many
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+
+    asyncio.run(main())
+    gc.collect()
+    """
+
+
+Site = tuple[str, str, str, str, tuple[str, ...]]
+
+
+def _sites(events: list[dict[str, Any]]) -> list[Site]:
+    """(kind, file, line, function, stack) of each report, file names without folders."""
+    return sorted(
+        (
+            str(event["event"]),
+            str(event.get("creation_file", "")).rsplit("/", 1)[-1],
+            str(event.get("creation_line")),
+            str(event.get("creation_function")),
+            tuple(str(frame).rsplit("/", 1)[-1] for frame in event.get("creation_stack") or ()),
+        )
+        for event in events
+        if event["event"] in (DESTROYED, UNRETRIEVED)
+    )
+
+
+def test_both_hot_paths_record_the_same_site_for_every_task(run: Runner) -> None:
+    compiled = run(SITES)
+    python = run(SITES, env={"ASYNCIO_AGENT_SPEEDUPS": "0"})
+    assert compiled.returncode == python.returncode == 0, compiled.stderr + python.stderr
+    assert _sites(compiled.events) == _sites(python.events)
+    lines = {str(line_of(SITES, f"# site: {name}")) for name in ("direct", "many", "inner")}
+    assert lines <= {site[2] for site in _sites(compiled.events)}
+    # The helper's two callers are two sites with the same line and their own stacks.
+    helper = [s for s in _sites(compiled.events) if s[2] == str(line_of(SITES, "site: helper"))]
+    callers = {s[4][-2] for s in helper}
+    assert {f"app.py:{line_of(SITES, 'site: first caller')} in main"} <= callers
+    assert {f"app.py:{line_of(SITES, 'site: second caller')} in main"} <= callers
+    assert len(_sites(compiled.events)) == 57, compiled.stderr  # parent() itself ends well
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks need Python 3.12+")
+def test_an_eager_task_that_finished_at_once_keeps_its_site_on_both_paths(run: Runner) -> None:
+    source = """\
+        import asyncio, gc
+
+        async def boom():
+            raise KeyError("at once")
+
+        async def main():
+            asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+            asyncio.create_task(boom())  # site
+            gc.collect()
+
+        asyncio.run(main())
+        """
+    for env in ({}, {"ASYNCIO_AGENT_SPEEDUPS": "0"}):
+        events = run(source, env=env).of_kind(UNRETRIEVED)
+        assert [event["creation_line"] for event in events] == [line_of(source, "# site")]
