@@ -298,7 +298,8 @@ site_record(Recorder *self, Cursor frame, int steps)
         }
         /* A miss: the Python path classifies, resolves and caches. */
         PyObject *frame_obj = frame_object(steps, code, offset);
-        PyObject *when = frame_obj == NULL ? NULL : PyFloat_FromDouble(now);
+        int found = frame_obj != Py_None; /* else the Python code gets None: no site */
+        PyObject *when = PyFloat_FromDouble(now);
         PyObject *record = NULL;
         if (when != NULL) {
             PyObject *args[2] = {frame_obj, when};
@@ -311,7 +312,7 @@ site_record(Recorder *self, Cursor frame, int steps)
         }
         /* The slow path may have found this code internal and gone further up; then
          * the record is not this frame's to cache. Nor is one without a caller. */
-        if (parent_code != NULL && PyLong_CheckExact(record) && frame_obj != Py_None) {
+        if (found && parent_code != NULL && PyLong_CheckExact(record)) {
             internal = check_internal(self, code);
             if (internal < 0) {
                 Py_DECREF(record);

@@ -49,7 +49,10 @@ for version in $PYTHONS; do
             echo "=== Python $version, the agent's Python hot path (ASYNCIO_AGENT_SPEEDUPS=0)"
             setting=(ASYNCIO_AGENT_SPEEDUPS=0)
         fi
-        env "${setting[@]}" "$venv/bin/python" -m pytest -n 2 -q \
+        # The pytest script, not `python -m pytest`: that would put the checkout first
+        # on sys.path, and the tests would import its agent/ (without the compiled
+        # module pip built) instead of the installed package.
+        env "${setting[@]}" "$venv/bin/pytest" -n 2 -q \
             -p no:cacheprovider --junitxml=".venvs/reports/$report.xml" "$@"
         code=$?
         if [ "$code" -eq 5 ]; then

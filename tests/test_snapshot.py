@@ -221,7 +221,10 @@ def test_interval_writes_snapshot_events(run: Runner) -> None:
     assert result.returncode == 0, result.stderr
     snapshots = result.of_kind(SNAPSHOT)
     assert snapshots, result.stderr
-    assert snapshots[0]["total"] >= 1
+    # The timer starts with the agent: on a loaded machine the first snapshots may come
+    # before main() has created its task (this asserted on the first one, and failed
+    # about once in 20 runs on 3.10). The task lives for six intervals.
+    assert max(snapshot["total"] for snapshot in snapshots) >= 1, snapshots
 
 
 def test_bad_snapshot_settings_give_one_warning_each_and_stay_off(run: Runner) -> None:
