@@ -2,7 +2,7 @@
  * the Python version it mirrors, used whenever this module is absent or switched off).
  *
  * Three callables:
- *   Recorder(internal_ids, slow, table, flags, attr)
+ *   Recorder(internal_ids, slow, table, flags, attr, maintenance)
  *       the site cache of one SiteRecorder; record_task(task) as a call, and the
  *       span_probe the wrappers consult.
  *   CreateTask(original, recorder)
@@ -26,7 +26,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -182,14 +181,23 @@ static PyObject *last_registered = NULL;
 #define SLOTS 256         /* (site, caller) pairs served without a miss; a power of 2 */
 #define INTERNAL_CODES 32 /* internal code objects remembered without a set lookup */
 
+/* Records are (site index << TIME_BITS) | creation millisecond, as in agent/sites.py. */
+#define TIME_BITS 42
+#define TIME_MASK ((1ULL << TIME_BITS) - 1)
+
+/* A (site, caller) pair and its site index. Unlike the Python path's cache it does not
+ * expire each millisecond: the index of a (code, offset, caller code, caller offset)
+ * never changes, and each task's record gets the current millisecond. */
 typedef struct {
     PyCodeObject *code; /* strong references: the pointers stay theirs */
     PyCodeObject *parent_code;
-    PyObject *record;
+    unsigned long long site_bits; /* site index << TIME_BITS; 0: empty */
     int offset;
     int parent_offset;
-    double valid_until; /* monotonic seconds: the end of the millisecond it was made */
 } Slot;
+
+/* Every this many recorded tasks the table's size is checked (records.maybe_sweep). */
+#define MAINTENANCE_EVERY 4096
 
 typedef struct {
     PyObject_HEAD
@@ -199,7 +207,9 @@ typedef struct {
     PyObject *flags;        /* agent.records' module dict: registry_hooked */
     PyObject *attr;         /* the record attribute's name (records.RECORD_ATTR) */
     PyObject *span_probe;   /* None, or called for each task (agent.tracing) */
+    PyObject *maintenance;  /* called every MAINTENANCE_EVERY tasks: records.maybe_sweep */
     vectorcallfunc vectorcall;
+    unsigned int recorded; /* tasks recorded, modulo 2**32 */
     int internal_count;
     PyCodeObject *internal[INTERNAL_CODES];
     Slot slots[SLOTS];
@@ -242,23 +252,26 @@ slot_for(Recorder *self, PyCodeObject *code, int offset)
 
 static void
 fill_slot(Slot *slot, PyCodeObject *code, int offset, PyCodeObject *parent_code,
-          int parent_offset, PyObject *record, double now)
+          int parent_offset, unsigned long long site_bits)
 {
     Slot old = *slot;
     Py_INCREF(code);
     Py_INCREF(parent_code);
-    Py_INCREF(record);
     slot->code = code;
     slot->offset = offset;
     slot->parent_code = parent_code;
     slot->parent_offset = parent_offset;
-    slot->record = record;
-    /* As the Python path: valid for the rest of this millisecond. */
-    slot->valid_until = (floor(now * 1000.0) + 1.0) * 0.001;
+    slot->site_bits = site_bits;
     /* Released last: a release may run Python code (weakref callbacks). */
     Py_XDECREF(old.code);
     Py_XDECREF(old.parent_code);
-    Py_XDECREF(old.record);
+}
+
+static inline unsigned long long
+millisecond(double now)
+{
+    /* int(now * 1000) in the Python path */
+    return (unsigned long long)(now * 1000.0) & TIME_MASK;
 }
 
 /* The record for a task created by the code running in `frame`, `steps` frames above
@@ -266,6 +279,14 @@ fill_slot(Slot *slot, PyCodeObject *code, int offset, PyCodeObject *parent_code,
 static PyObject *
 site_record(Recorder *self, Cursor frame, int steps)
 {
+    if (++self->recorded % MAINTENANCE_EVERY == 0) {
+        /* Here, not in the finalizer or per task: the table's sweep (Python code). */
+        PyObject *done = PyObject_CallNoArgs(self->maintenance);
+        if (done == NULL) {
+            return NULL;
+        }
+        Py_DECREF(done);
+    }
     double now = monotonic_now();
     while (frame != NULL) {
         PyCodeObject *code = cursor_code(frame);
@@ -283,9 +304,8 @@ site_record(Recorder *self, Cursor frame, int steps)
         int parent_offset = parent_code == NULL ? -1 : cursor_lasti(parent);
         Slot *slot = slot_for(self, code, offset);
         if (slot->code == code && slot->offset == offset && parent_code != NULL &&
-            slot->parent_code == parent_code && slot->parent_offset == parent_offset &&
-            now < slot->valid_until) {
-            return Py_NewRef(slot->record);
+            slot->parent_code == parent_code && slot->parent_offset == parent_offset) {
+            return PyLong_FromUnsignedLongLong(slot->site_bits | millisecond(now));
         }
         int internal = check_internal(self, code);
         if (internal < 0) {
@@ -311,15 +331,24 @@ site_record(Recorder *self, Cursor frame, int steps)
             return NULL;
         }
         /* The slow path may have found this code internal and gone further up; then
-         * the record is not this frame's to cache. Nor is one without a caller. */
+         * the record is not this frame's to cache. Nor is one without a caller or
+         * without a site (the Python path caches neither). */
+        unsigned long long bits = 0;
         if (found && parent_code != NULL && PyLong_CheckExact(record)) {
+            bits = PyLong_AsUnsignedLongLong(record) & ~TIME_MASK;
+            if (PyErr_Occurred()) {
+                PyErr_Clear();
+                bits = 0;
+            }
+        }
+        if (bits) {
             internal = check_internal(self, code);
             if (internal < 0) {
                 Py_DECREF(record);
                 return NULL;
             }
             if (!internal) {
-                fill_slot(slot, code, offset, parent_code, parent_offset, record, now);
+                fill_slot(slot, code, offset, parent_code, parent_offset, bits);
             }
         }
         return record;
@@ -376,11 +405,12 @@ Recorder_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
 static PyObject *
 Recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *internal_ids, *slow, *table, *flags, *attr;
-    static char *names[] = {"internal_ids", "slow", "table", "flags", "attr", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!O!U:Recorder", names, &PySet_Type,
+    PyObject *internal_ids, *slow, *table, *flags, *attr, *maintenance;
+    static char *names[] = {"internal_ids", "slow",        "table", "flags",
+                            "attr",         "maintenance", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!O!UO:Recorder", names, &PySet_Type,
                                      &internal_ids, &slow, &PyDict_Type, &table, &PyDict_Type,
-                                     &flags, &attr)) {
+                                     &flags, &attr, &maintenance)) {
         return NULL;
     }
     Recorder *self = (Recorder *)type->tp_alloc(type, 0); /* zeroed: empty slots */
@@ -393,6 +423,7 @@ Recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->flags = Py_NewRef(flags);
     self->attr = Py_NewRef(attr);
     self->span_probe = Py_NewRef(Py_None);
+    self->maintenance = Py_NewRef(maintenance);
     self->vectorcall = Recorder_vectorcall;
     return (PyObject *)self;
 }
@@ -406,6 +437,7 @@ Recorder_traverse(Recorder *self, visitproc visit, void *arg)
     Py_VISIT(self->flags);
     Py_VISIT(self->attr);
     Py_VISIT(self->span_probe);
+    Py_VISIT(self->maintenance);
     return 0;
 }
 
@@ -418,6 +450,7 @@ Recorder_clear(Recorder *self)
     Py_CLEAR(self->flags);
     Py_CLEAR(self->attr);
     Py_CLEAR(self->span_probe);
+    Py_CLEAR(self->maintenance);
     return 0;
 }
 
@@ -432,7 +465,6 @@ Recorder_dealloc(Recorder *self)
     for (int i = 0; i < SLOTS; i++) {
         Py_CLEAR(self->slots[i].code);
         Py_CLEAR(self->slots[i].parent_code);
-        Py_CLEAR(self->slots[i].record);
     }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -461,7 +493,7 @@ static PyGetSetDef Recorder_getset[] = {
 static PyTypeObject RecorderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "agent._speedups.Recorder",
-    .tp_doc = PyDoc_STR("Recorder(internal_ids, slow, table, flags, attr): "
+    .tp_doc = PyDoc_STR("Recorder(internal_ids, slow, table, flags, attr, maintenance): "
                         "record_task(task), the hot path of agent.sites in C."),
     .tp_basicsize = sizeof(Recorder),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
@@ -717,6 +749,108 @@ static PyTypeObject RegistryAddType = {
     .tp_dealloc = (destructor)RegistryAdd_dealloc,
 };
 
+/* --------------------------------------------------------------------- sweep */
+
+/* Add id(item) to `live`; 0, or -1 with an exception set. */
+static int
+add_id(PyObject *live, PyObject *item)
+{
+    PyObject *key = PyLong_FromVoidPtr(item);
+    int status = key == NULL ? -1 : PySet_Add(live, key);
+    Py_XDECREF(key);
+    return status;
+}
+
+/* id(x) for every live referent of the weak references in `refs` and every item of
+ * `tasks` (both sets: iterating them runs no Python code), into `live`. 0, or -1 with
+ * an exception set. */
+static int
+add_live_ids(PyObject *live, PyObject *refs, PyObject *tasks)
+{
+    PyObject *iterator = PyObject_GetIter(refs);
+    if (iterator == NULL) {
+        return -1;
+    }
+    PyObject *item;
+    int status = 0;
+    while (status == 0 && (item = PyIter_Next(iterator)) != NULL) {
+        if (PyWeakref_Check(item)) {
+#if PY_VERSION_HEX >= 0x030D0000
+            PyObject *task;
+            status = PyWeakref_GetRef(item, &task) < 0 ? -1 : 0;
+#else
+            PyObject *task = PyWeakref_GetObject(item); /* borrowed */
+            task = task == Py_None ? NULL : Py_XNewRef(task);
+#endif
+            if (task != NULL) {
+                status = add_id(live, task);
+                Py_DECREF(task);
+            }
+        }
+        Py_DECREF(item);
+    }
+    Py_DECREF(iterator);
+    if (status < 0 || PyErr_Occurred()) {
+        return -1;
+    }
+    iterator = PyObject_GetIter(tasks);
+    if (iterator == NULL) {
+        return -1;
+    }
+    while (status == 0 && (item = PyIter_Next(iterator)) != NULL) {
+        status = add_id(live, item);
+        Py_DECREF(item);
+    }
+    Py_DECREF(iterator);
+    return status < 0 || PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *
+speedups_sweep(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyDict_CheckExact(args[0]) || !PySet_Check(args[1]) ||
+        !PySet_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "sweep(table: dict, refs: set, tasks: set)");
+        return NULL;
+    }
+    PyObject *table = args[0];
+    PyObject *live = PySet_New(NULL);
+    PyObject *dead = PyList_New(0);
+    if (live == NULL || dead == NULL || add_live_ids(live, args[1], args[2]) < 0) {
+        goto error;
+    }
+    /* No Python code runs from here on: the table cannot change under the sweep. */
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(table, &pos, &key, &value)) {
+        int alive = PySet_Contains(live, key);
+        if (alive < 0 || (!alive && PyList_Append(dead, key) < 0)) {
+            goto error;
+        }
+    }
+    Py_ssize_t count = PyList_GET_SIZE(dead);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (PyDict_DelItem(table, PyList_GET_ITEM(dead, i)) < 0) {
+            PyErr_Clear();
+        }
+    }
+    Py_DECREF(live);
+    Py_DECREF(dead);
+    return PyLong_FromSsize_t(count);
+
+error:
+    Py_XDECREF(live);
+    Py_XDECREF(dead);
+    return NULL;
+}
+
+static PyMethodDef speedups_functions[] = {
+    {"sweep", (PyCFunction)(void (*)(void))speedups_sweep, METH_FASTCALL,
+     PyDoc_STR("sweep(table, refs, tasks) -> int: drop table entries whose key is not the "
+               "id of a referent of the weak references in refs or of an item of tasks.")},
+    {NULL, NULL, 0, NULL},
+};
+
 /* -------------------------------------------------------------------- module */
 
 static int
@@ -752,6 +886,7 @@ static struct PyModuleDef speedups_module = {
     .m_name = "agent._speedups",
     .m_doc = "The agent's per-task hot path in C (optional; see agent/sites.py).",
     .m_size = -1, /* static types and strings: one interpreter only */
+    .m_methods = speedups_functions,
 };
 
 PyMODINIT_FUNC

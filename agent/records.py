@@ -43,6 +43,8 @@ SWEEP_SLACK = 4_096
 registry_hooked = False
 """True while records go to :data:`TABLE`: the registry hook is installed."""
 
+_compiled_sweep: Any = None  # agent._speedups.sweep while a compiled hook is installed
+
 
 def record_of(task: Any) -> Optional[int]:
     """The creation record of a live ``task``, or None. Safe in a finalizer."""
@@ -113,8 +115,10 @@ class RegistryHook:
             registry.add = wrapper
         except (AttributeError, TypeError):  # no instance attributes: nothing to hook
             return False
+        global _compiled_sweep
         self._registry = registry
         registry_hooked = True
+        _compiled_sweep = None if speedups is None else speedups.sweep
         return True
 
     def uninstall(self) -> None:
@@ -133,7 +137,9 @@ class RegistryHook:
                     pass
             else:
                 registry.add = self._before
+        global _compiled_sweep
         registry_hooked = False
+        _compiled_sweep = None
         TABLE.clear()
 
 
@@ -147,10 +153,15 @@ def sweep() -> int:
     registry = _registry()
     if registry is None:
         return 0
+    eager: Any = getattr(sys.modules.get("asyncio.tasks"), "_eager_tasks", set())
+    refs = getattr(registry, "data", None)  # a WeakSet's set of weak references
+    if _compiled_sweep is not None and type(refs) is set and type(eager) is set:
+        # The same in C, in one step that no other thread can interleave with.
+        count: int = _compiled_sweep(TABLE, refs, eager)
+        return count
     before = TABLE.copy()  # one step, whatever other threads do
     try:
         tasks = list(registry)
-        eager = getattr(sys.modules.get("asyncio.tasks"), "_eager_tasks", ())
         tasks.extend(eager)
     except Exception:
         return 0
@@ -172,9 +183,10 @@ def sweep() -> int:
 def maybe_sweep() -> None:
     """Sweep once the table holds half again as many entries as there are live tasks.
 
-    Called on a site cache miss (at most once per site and millisecond), never per
-    task. Between two sweeps at least half the live tasks' count of entries is added,
-    so a sweep costs a few table writes per entry added.
+    Called on a site cache miss of the Python path (at most once per site and
+    millisecond) and every 4,096 tasks by the compiled one, never per task. Between
+    two sweeps at least half the live tasks' count of entries is added, so a sweep
+    costs a few table writes per entry added.
     """
     size = len(TABLE)
     if size <= SWEEP_SLACK:

@@ -94,6 +94,7 @@ class SiteRecorder:
                 records.TABLE,
                 vars(records),
                 records.RECORD_ATTR,
+                records.maybe_sweep,
             )
         self.record_task: Callable[[Any], None] = (
             self.accelerator if self.accelerator is not None else self._make_record_task()

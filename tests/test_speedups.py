@@ -147,3 +147,33 @@ def test_an_eager_task_that_finished_at_once_keeps_its_site_on_both_paths(run: R
     for env in ({}, {"ASYNCIO_AGENT_SPEEDUPS": "0"}):
         events = run(source, env=env).of_kind(UNRETRIEVED)
         assert [event["creation_line"] for event in events] == [line_of(source, "# site")]
+
+
+def test_both_sweeps_drop_dead_tasks_entries_and_keep_live_ones(run: Runner) -> None:
+    source = """\
+        import asyncio, gc, agent.records as records
+
+        async def leaf():
+            return 1
+
+        async def main():
+            dead = [asyncio.create_task(leaf()) for _ in range(3000)]
+            live = [asyncio.create_task(asyncio.sleep(10)) for _ in range(200)]
+            await asyncio.sleep(0)
+            del dead
+            gc.collect()
+            path = "compiled" if records._compiled_sweep else "python"
+            dropped = records.sweep()
+            kept = all(id(task) in records.TABLE for task in live)
+            print(path, dropped, kept)
+            for task in live:
+                task.cancel()
+
+        asyncio.run(main())
+        """
+    compiled = run(source).stdout.split()
+    python = run(source, env={"ASYNCIO_AGENT_SPEEDUPS": "0"}).stdout.split()
+    assert python == ["python", "3000", "True"]
+    assert compiled[1:] == ["3000", "True"]
+    if CPYTHON and not PYTHON_PATH_ONLY:
+        assert compiled[0] == "compiled"
