@@ -192,6 +192,8 @@ typedef struct {
     PyCodeObject *code; /* strong references: the pointers stay theirs */
     PyCodeObject *parent_code;
     unsigned long long site_bits; /* site index << TIME_BITS; 0: empty */
+    PyObject *record;             /* the last record made here (shared by the tasks of */
+    unsigned long long record_ms; /* one millisecond, which saves an int per task) */
     int offset;
     int parent_offset;
 } Slot;
@@ -262,9 +264,28 @@ fill_slot(Slot *slot, PyCodeObject *code, int offset, PyCodeObject *parent_code,
     slot->parent_code = parent_code;
     slot->parent_offset = parent_offset;
     slot->site_bits = site_bits;
+    slot->record = NULL;
     /* Released last: a release may run Python code (weakref callbacks). */
     Py_XDECREF(old.code);
     Py_XDECREF(old.parent_code);
+    Py_XDECREF(old.record);
+}
+
+/* The record of a task created now at `slot`'s site (a new reference), or NULL. */
+static PyObject *
+slot_record(Slot *slot, unsigned long long ms)
+{
+    if (slot->record == NULL || slot->record_ms != ms) {
+        PyObject *record = PyLong_FromUnsignedLongLong(slot->site_bits | ms);
+        if (record == NULL) {
+            return NULL;
+        }
+        PyObject *old = slot->record;
+        slot->record = record;
+        slot->record_ms = ms;
+        Py_XDECREF(old); /* an int: runs no Python code */
+    }
+    return Py_NewRef(slot->record);
 }
 
 static inline unsigned long long
@@ -305,7 +326,7 @@ site_record(Recorder *self, Cursor frame, int steps)
         Slot *slot = slot_for(self, code, offset);
         if (slot->code == code && slot->offset == offset && parent_code != NULL &&
             slot->parent_code == parent_code && slot->parent_offset == parent_offset) {
-            return PyLong_FromUnsignedLongLong(slot->site_bits | millisecond(now));
+            return slot_record(slot, millisecond(now));
         }
         int internal = check_internal(self, code);
         if (internal < 0) {
@@ -465,6 +486,7 @@ Recorder_dealloc(Recorder *self)
     for (int i = 0; i < SLOTS; i++) {
         Py_CLEAR(self->slots[i].code);
         Py_CLEAR(self->slots[i].parent_code);
+        Py_CLEAR(self->slots[i].record);
     }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }

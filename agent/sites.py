@@ -2,7 +2,8 @@
 
 Owns the hot path run for every new task. It must stay tiny: a few frame steps, one
 dict lookup, one clock read, one write to the record table (agent.records), no string
-work. Strings are built once per distinct site and caller, and cached.
+work. Strings are built once per distinct site and caller, and cached. The same hot
+path is compiled in agent/_speedups.c, which calls ``_record_slow`` here on a miss.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class SiteRecorder:
         )
         """``record_task(task)``: record the site of the caller's caller (the code that
         called the patched ``create_task``) for ``task``. The hot path of the agent,
-        compiled or in Python: both walk, check and write exactly alike."""
+        compiled or in Python; both give the same records (the compiled one's cache
+        keeps site indexes instead of expiring each millisecond)."""
 
     @property
     def span_probe(self) -> Optional[Callable[[], object]]:
