@@ -89,7 +89,7 @@ class RegistryHook:
 
     def install(self) -> bool:
         """Wrap the registry's ``add`` on the instance; False if that is not possible."""
-        global registry_hooked
+        global registry_hooked, _compiled_sweep
         if self._registry is not None:
             return True
         registry = _registry()
@@ -115,7 +115,6 @@ class RegistryHook:
             registry.add = wrapper
         except (AttributeError, TypeError):  # no instance attributes: nothing to hook
             return False
-        global _compiled_sweep
         self._registry = registry
         registry_hooked = True
         _compiled_sweep = None if speedups is None else speedups.sweep
@@ -127,7 +126,7 @@ class RegistryHook:
         Without the hook, a task created later could take a dead task's id and be read
         as that task; a record lost on uninstall only costs a site.
         """
-        global registry_hooked
+        global registry_hooked, _compiled_sweep
         registry, self._registry = self._registry, None
         if registry is not None:
             if self._before is None:
@@ -137,7 +136,6 @@ class RegistryHook:
                     pass
             else:
                 registry.add = self._before
-        global _compiled_sweep
         registry_hooked = False
         _compiled_sweep = None
         TABLE.clear()
