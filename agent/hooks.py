@@ -76,7 +76,6 @@ def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> C
     # finished is still recorded (on the task itself: it never entered asyncio's
     # registry, see agent.records). If such a task has no attribute storage (a
     # factory's own type), the assignment raises and the task simply gets no site.
-    factory_only = _keyword_only_signature(original) == ("name", "context")
     create_task: Callable[..., Any]
     compiled = compiled_speedups()
     if recorder.accelerator is not None and compiled is not None:
@@ -88,7 +87,7 @@ def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> C
         return create_task
 
     record_task = recorder.record_task
-    if factory_only:
+    if _keyword_only_signature(original) == ("name", "context"):
         # asyncio's own create_task on 3.11+: explicit keywords are cheaper than
         # **kwargs, and passing their default None is the same as not passing them.
         def create_task(self: Any, coro: Any, *, name: Any = None, context: Any = None) -> Any:

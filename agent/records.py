@@ -100,16 +100,19 @@ class RegistryHook:
             add, "__func__", None
         ) is getattr(type(registry), "add", None)
         self._before = None if inherited else add  # an instance attribute to put back
-        table_pop = TABLE.pop
-
-        def add_task(task: Any) -> None:
-            # Called by every task's constructor (C or Python). The id cannot belong to
-            # a live recorded task: this one owns it now.
-            table_pop(id(task), None)
-            add(task)
-
         speedups = compiled_speedups() if self._compiled else None
-        wrapper = add_task if speedups is None else speedups.RegistryAdd(TABLE, add)
+        wrapper: Any
+        if speedups is not None:
+            wrapper = speedups.RegistryAdd(TABLE, add)
+        else:
+            table_pop = TABLE.pop
+
+            def wrapper(task: Any) -> None:
+                # Called by every task's constructor (C or Python). The id cannot
+                # belong to a live recorded task: this one owns it now.
+                table_pop(id(task), None)
+                add(task)
+
         # An instance attribute wins over the class's method, also for C's lookup.
         try:
             registry.add = wrapper

@@ -209,9 +209,9 @@ class SiteRecorder:
         else:
             return millis & _TIME_MASK
         record = (index << _TIME_BITS) | (millis & _TIME_MASK)
-        if parent is not None:
-            # A new list, not an update in place: another thread may be reading the
-            # old one on the hot path.
+        if parent is not None and self.accelerator is None:
+            # The Python hot path's cache (the compiled one keeps its own slots). A new
+            # list, not an update in place: another thread may be reading the old one.
             self._sites[id(code) + offset] = [
                 code,
                 offset,
