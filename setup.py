@@ -1,4 +1,7 @@
-"""Build of the optional C hot path (agent/_speedups.c); everything else is in pyproject.toml.
+"""Build of the optional C hot path; everything else is in pyproject.toml.
+
+``agent/_speedups.c`` becomes ``asyncio_agent._speedups`` (the folder ``agent/`` is
+installed as the package ``asyncio_agent``).
 
 The extension is optional: where it does not compile (no compiler, another Python
 implementation), the package installs without it and the agent runs its Python code.
@@ -10,6 +13,6 @@ from setuptools import Extension, setup
 
 extensions = []
 if platform.python_implementation() == "CPython":
-    extensions.append(Extension("agent._speedups", ["agent/_speedups.c"], optional=True))
+    extensions.append(Extension("asyncio_agent._speedups", ["agent/_speedups.c"], optional=True))
 
 setup(ext_modules=extensions)

@@ -27,14 +27,14 @@ def install(**options: Any) -> None:
     TypeError.
     Loops are patched when asyncio or uvloop is imported, or now if they already are.
     """
-    from agent import runtime
+    from . import runtime
 
     runtime.install(**options)
 
 
 def uninstall(timeout: float = 5.0) -> None:
     """Flush what is queued, then undo every patch: later loops are plain loops."""
-    from agent import runtime
+    from . import runtime
 
     runtime.uninstall(timeout)
 
@@ -44,7 +44,7 @@ def flush(timeout: float = 5.0) -> bool:
 
     Also done automatically at interpreter exit.
     """
-    from agent import runtime
+    from . import runtime
 
     return runtime.flush(timeout)
 
@@ -55,7 +55,7 @@ def instrument_loop(loop: Any) -> bool:
     Loops deriving from ``asyncio.BaseEventLoop`` or ``uvloop.Loop`` are covered
     without this; it is for other loop implementations.
     """
-    from agent import runtime
+    from . import runtime
 
     return runtime.instrument_loop(loop)
 
@@ -63,18 +63,18 @@ def instrument_loop(loop: Any) -> bool:
 def snapshot() -> Any:
     """The live tasks of every loop and thread, grouped by creation site, largest first.
 
-    Returns a frozen :class:`agent.snapshot.Snapshot` (``.to_dict()`` for JSON): per
+    Returns a frozen :class:`asyncio_agent.snapshot.Snapshot` (``.to_dict()`` for JSON): per
     site the count, oldest age, states, coroutines, example names and where pending
     tasks are waiting. Keeps no task alive after it returns. Works without
     :func:`install` too, but then no task has a creation site.
     """
-    from agent.snapshot import take_snapshot
+    from .snapshot import take_snapshot
 
     return take_snapshot()
 
 
 def is_installed() -> bool:
     """Whether :func:`install` is in effect."""
-    from agent import runtime
+    from . import runtime
 
     return runtime.current() is not None

@@ -205,10 +205,10 @@ typedef struct {
     PyObject_HEAD
     PyObject *internal_ids; /* set: id(code) of frames that are never a site */
     PyObject *slow;         /* slow(frame, now) -> record: SiteRecorder._record_slow */
-    PyObject *table;        /* dict: id(task) -> record (agent.records.TABLE) */
-    PyObject *flags;        /* agent.records' module dict: registry_hooked */
+    PyObject *table;        /* dict: id(task) -> record (asyncio_agent.records.TABLE) */
+    PyObject *flags;        /* asyncio_agent.records' module dict: registry_hooked */
     PyObject *attr;         /* the record attribute's name (records.RECORD_ATTR) */
-    PyObject *span_probe;   /* None, or called for each task (agent.tracing) */
+    PyObject *span_probe;   /* None, or called for each task (asyncio_agent.tracing) */
     PyObject *maintenance;  /* called every MAINTENANCE_EVERY tasks: records.maybe_sweep */
     vectorcallfunc vectorcall;
     unsigned int recorded; /* tasks recorded, modulo 2**32 */
@@ -514,9 +514,9 @@ static PyGetSetDef Recorder_getset[] = {
 
 static PyTypeObject RecorderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "agent._speedups.Recorder",
+    .tp_name = "asyncio_agent._speedups.Recorder",
     .tp_doc = PyDoc_STR("Recorder(internal_ids, slow, table, flags, attr, maintenance): "
-                        "record_task(task), the hot path of agent.sites in C."),
+                        "record_task(task), the hot path of asyncio_agent.sites in C."),
     .tp_basicsize = sizeof(Recorder),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_new = Recorder_new,
@@ -664,7 +664,7 @@ static PyGetSetDef CreateTask_getset[] = {
 
 static PyTypeObject CreateTaskType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "agent._speedups.CreateTask",
+    .tp_name = "asyncio_agent._speedups.CreateTask",
     .tp_doc = PyDoc_STR("CreateTask(original, recorder): a loop class's create_task, "
                         "recording each task's creation site."),
     .tp_basicsize = sizeof(CreateTask),
@@ -686,7 +686,7 @@ static PyTypeObject CreateTaskType = {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *table; /* agent.records.TABLE */
+    PyObject *table; /* asyncio_agent.records.TABLE */
     PyObject *add;   /* the registry's own add */
     vectorcallfunc vectorcall;
 } RegistryAdd;
@@ -759,7 +759,7 @@ RegistryAdd_dealloc(RegistryAdd *self)
 
 static PyTypeObject RegistryAddType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "agent._speedups.RegistryAdd",
+    .tp_name = "asyncio_agent._speedups.RegistryAdd",
     .tp_doc = PyDoc_STR("RegistryAdd(table, add)(task): drop table[id(task)], then add(task)."),
     .tp_basicsize = sizeof(RegistryAdd),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
@@ -905,7 +905,7 @@ speedups_exec(PyObject *module)
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "agent._speedups",
+    .m_name = "asyncio_agent._speedups",
     .m_doc = "The agent's per-task hot path in C (optional; see agent/sites.py).",
     .m_size = -1, /* static types and strings: one interpreter only */
     .m_methods = speedups_functions,

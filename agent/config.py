@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Optional, TypeVar
 
-from agent.notices import warn_once
+from .notices import warn_once
 
 ENV_PREFIX = "ASYNCIO_AGENT"
 
@@ -51,7 +51,7 @@ class Settings(NamedTuple):
     snapshot_interval: float = 0.0
     """Seconds between task snapshot events; 0 = off."""
     speedups: bool = True
-    """Use the compiled hot path (``agent._speedups``) where it was built; ``False``
+    """Use the compiled hot path (``asyncio_agent._speedups``) where it was built; ``False``
     runs the same logic in Python."""
 
 

@@ -1,4 +1,4 @@
-"""``python -m agent.demo``: watch the agent catch both kinds of lost work.
+"""``python -m asyncio_agent.demo``: watch the agent catch both kinds of lost work.
 
 Writes a small, unmodified asyncio service into a temporary folder, runs it twice in a
 subprocess (without and with ``ASYNCIO_AGENT=1``) and shows what each run tells you.
@@ -47,7 +47,7 @@ asyncio.run(main())
 """
 
 # The same two lines a user would put in a sitecustomize.py or a .pth file.
-SITECUSTOMIZE = "import agent.autoinstall\n"
+SITECUSTOMIZE = "import asyncio_agent.autoinstall\n"
 
 
 def _run(folder: str, agent_on: bool, output_format: str) -> subprocess.CompletedProcess[str]:
@@ -76,7 +76,7 @@ def _section(title: str, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns 0 when the agent caught both anomalies."""
-    parser = argparse.ArgumentParser(prog="python -m agent.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m asyncio_agent.demo", description=__doc__)
     parser.add_argument(
         "--format", choices=("console", "json"), default="console", help="event format"
     )
@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         watched = _run(folder, agent_on=True, output_format=options.format)
         print("=" * 72)
         print("2) ASYNCIO_AGENT=1 ASYNCIO_AGENT_OUTPUT=stdout ASYNCIO_AGENT_FORMAT=console \\")
-        print("   PYTHONPATH=<folder with a sitecustomize.py: 'import agent.autoinstall'> \\")
+        print(
+            "   PYTHONPATH=<folder with a sitecustomize.py: 'import asyncio_agent.autoinstall'> \\"
+        )
         print("   python app.py                    (same code, agent on)")
         _section("stderr: CPython's log, unchanged", watched.stderr)
         _section("stdout: the program's output and the agent's events", watched.stdout)

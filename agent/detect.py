@@ -14,9 +14,9 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
-from agent.records import record_of
-from agent.report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report
-from agent.sites import SPAN_ATTR, Site
+from .records import record_of
+from .report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report
+from .sites import SPAN_ATTR, Site
 
 # The exact texts of CPython's finalizers (Modules/_asynciomodule.c and
 # Lib/asyncio/{tasks,futures}.py). The unretrieved one starts with the class name.

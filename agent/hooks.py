@@ -1,9 +1,9 @@
 """Loop hooks: which loop classes are patched, how, and how uninstall undoes it.
 
-With agent.records, the only module that knows asyncio's and uvloop's internals. It
+With asyncio_agent.records, the only module that knows asyncio's and uvloop's internals. It
 wraps two methods per loop class: ``create_task`` (to record the creation site of each
 task) and ``call_exception_handler`` (where CPython's task finalizer reports), and has
-agent.records wrap ``add`` on asyncio's task registry. The task
+asyncio_agent.records wrap ``add`` on asyncio's task registry. The task
 factory slot is left alone, so ``get_task_factory()``, ``set_task_factory()`` and the
 no-factory fast path behave exactly as without the agent.
 """
@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping
 from types import MethodType, ModuleType
 from typing import Any
 
-from agent.detect import Decoder, report_from_context
-from agent.records import RegistryHook, keep_on_task
-from agent.report import Report
-from agent.sites import SPAN_ATTR, SiteRecorder
-from agent.speedups import compiled as compiled_speedups
+from .detect import Decoder, report_from_context
+from .records import RegistryHook, keep_on_task
+from .report import Report
+from .sites import SPAN_ATTR, SiteRecorder
+from .speedups import compiled as compiled_speedups
 
 _WRAPPER_MARK = "__asyncio_agent_wrapper__"
 _THIS_FILE = sys._getframe().f_code.co_filename
@@ -74,7 +74,7 @@ def _keyword_only_signature(function: Callable[..., Any]) -> tuple[str, ...]:
 def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> Callable[..., Any]:
     # The record is added after the task exists, so an eager task that already
     # finished is still recorded (on the task itself: it never entered asyncio's
-    # registry, see agent.records). If such a task has no attribute storage (a
+    # registry, see asyncio_agent.records). If such a task has no attribute storage (a
     # factory's own type), the assignment raises and the task simply gets no site.
     create_task: Callable[..., Any]
     compiled = compiled_speedups()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, Optional
 
-from agent.notices import warn_once
+from .notices import warn_once
 
 Callback = Callable[[ModuleType], None]
 

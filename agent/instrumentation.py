@@ -15,7 +15,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 class AsyncioAgentInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Installs the agent: lost asyncio tasks become spans in the current trace.
 
-    ``instrument(**options)`` takes the keywords of :func:`agent.install`.
+    ``instrument(**options)`` takes the keywords of :func:`asyncio_agent.install`.
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -23,11 +23,11 @@ class AsyncioAgentInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return ()
 
     def _instrument(self, **kwargs: Any) -> None:
-        import agent
+        from . import runtime
 
-        agent.install(**kwargs)
+        runtime.install(**kwargs)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        import agent
+        from . import runtime
 
-        agent.uninstall()
+        runtime.uninstall()

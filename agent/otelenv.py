@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
-from agent.notices import warn_once
+from .notices import warn_once
 
 KNOWN_EXPORTERS = ("otlp", "console")
 PROTOCOLS = ("http/protobuf", "grpc")

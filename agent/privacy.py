@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Optional
 
-from agent.report import Report
+from .report import Report
 
 
 def _redact_summary(summary: Any, depth: int = 0) -> None:

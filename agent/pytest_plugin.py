@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import pytest
 
-from agent.report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report
+from .report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report
 
 MARK = "asyncio_agent_allow"
 MODES = ("fail", "error", "warn")
@@ -162,15 +162,14 @@ class AgentPlugin:
     """The active plugin: installs the agent, listens to its reports, judges each test."""
 
     def __init__(self, mode: str) -> None:
-        import agent
-        from agent import runtime
+        from . import runtime
 
         self.mode = mode
         self._installed_here = False
         if runtime.current() is None:
             # Events go nowhere unless the user asked for a file: the failures say it all.
             options = {} if os.environ.get("ASYNCIO_AGENT_OUTPUT") else {"output": os.devnull}
-            agent.install(**options)
+            runtime.install(**options)
             self._installed_here = True
         installation = runtime.current()
         assert installation is not None
@@ -184,12 +183,12 @@ class AgentPlugin:
         self._reports.append(report)
 
     def _take(self) -> list[Report]:
-        import agent
+        from . import runtime
 
         # Two passes: a cycle's finalizer can free the next cycle.
         gc.collect()
         gc.collect()
-        agent.flush()
+        runtime.flush()
         taken, self._reports = self._reports, []
         return taken
 
@@ -258,6 +257,6 @@ class AgentPlugin:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self._reporter.remove_listener(self._on_report)
         if self._installed_here:
-            import agent
+            from . import runtime
 
-            agent.uninstall()
+            runtime.uninstall()

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-from agent.report import Report
-from agent.sites import Site
+from .report import Report
+from .sites import Site
 
 SUPPRESSED_EVENT = "asyncio.agent.reports_suppressed"
 

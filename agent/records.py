@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
-from agent.speedups import compiled as compiled_speedups
+from .speedups import compiled as compiled_speedups
 
 RECORD_ATTR = "_asyncio_agent_record"
 """The attribute holding the record of a task the table does not hold (see above)."""
@@ -43,7 +43,7 @@ SWEEP_SLACK = 4_096
 registry_hooked = False
 """True while records go to :data:`TABLE`: the registry hook is installed."""
 
-_compiled_sweep: Any = None  # agent._speedups.sweep while a compiled hook is installed
+_compiled_sweep: Any = None  # asyncio_agent._speedups.sweep while a compiled hook is installed
 
 
 def record_of(task: Any) -> Optional[int]:
@@ -83,7 +83,7 @@ class RegistryHook:
     """Drops a dead task's stale entry when a new task registers at the same id."""
 
     def __init__(self, compiled: bool = False) -> None:
-        self._compiled = compiled  # wrap with agent._speedups.RegistryAdd
+        self._compiled = compiled  # wrap with asyncio_agent._speedups.RegistryAdd
         self._registry: Any = None
         self._before: Any = None  # the instance attribute "add" found, if any
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import traceback
 from typing import Optional
 
-from agent.sites import Site
+from .sites import Site
 
 DESTROYED_PENDING = "asyncio.task.destroyed_pending"
 EXCEPTION_UNRETRIEVED = "asyncio.task.exception_unretrieved"

@@ -17,9 +17,9 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Optional, Protocol, Union
 
-from agent.notices import warn_once
-from agent.ratelimit import RateLimiter
-from agent.report import Report
+from .notices import warn_once
+from .ratelimit import RateLimiter
+from .report import Report
 
 
 class Sink(Protocol):

@@ -14,13 +14,13 @@ import threading
 from types import ModuleType
 from typing import Any, Optional
 
-from agent.config import Settings, load_settings
-from agent.importhook import PostImportHook
-from agent.privacy import redacting
-from agent.reporter import Reporter
-from agent.sinks.events import EventSink
-from agent.sinks.otel import OtelSink
-from agent.tracing import TRACE_MODULE, SpanProbeSwitch
+from .config import Settings, load_settings
+from .importhook import PostImportHook
+from .privacy import redacting
+from .reporter import Reporter
+from .sinks.events import EventSink
+from .sinks.otel import OtelSink
+from .tracing import TRACE_MODULE, SpanProbeSwitch
 
 
 def _young_collections() -> int:
@@ -32,8 +32,8 @@ class Installation:
     """Everything ``install()`` created, so ``uninstall()`` can undo exactly that."""
 
     def __init__(self, settings: Settings) -> None:
-        from agent.hooks import LoopPatcher
-        from agent.sites import SiteRecorder
+        from .hooks import LoopPatcher
+        from .sites import SiteRecorder
 
         self.settings = settings
         self.event_sink = EventSink(settings)
@@ -52,7 +52,7 @@ class Installation:
         # Snapshot dumps (signal / timer) exist only when a setting asks for them.
         self.dumper: Any = None
         if settings.dump_signal or settings.snapshot_interval:
-            from agent.snapshot_dump import SnapshotDumper
+            from .snapshot_dump import SnapshotDumper
 
             self.dumper = SnapshotDumper(settings, self.reporter, self.event_sink, self.recorder)
         self.hook = PostImportHook(
@@ -133,7 +133,7 @@ def _running_loop() -> Any:
 
 
 def install(**options: Any) -> None:
-    """See :func:`agent.install`."""
+    """See :func:`asyncio_agent.install`."""
     global _current
     with _lock:
         if _current is not None:
@@ -144,7 +144,7 @@ def install(**options: Any) -> None:
 
 
 def uninstall(timeout: float = 5.0) -> None:
-    """See :func:`agent.uninstall`."""
+    """See :func:`asyncio_agent.uninstall`."""
     global _current
     with _lock:
         installation, _current = _current, None
@@ -153,7 +153,7 @@ def uninstall(timeout: float = 5.0) -> None:
 
 
 def flush(timeout: float = 5.0) -> bool:
-    """See :func:`agent.flush`."""
+    """See :func:`asyncio_agent.flush`."""
     installation = _current
     if installation is None:
         return True
@@ -161,7 +161,7 @@ def flush(timeout: float = 5.0) -> bool:
 
 
 def instrument_loop(loop: Any) -> bool:
-    """See :func:`agent.instrument_loop`."""
+    """See :func:`asyncio_agent.instrument_loop`."""
     installation = _current
     if installation is None:
         return False

@@ -1,13 +1,14 @@
 """Creation sites: which line of the application created a task, and its stack.
 
 Owns the hot path run for every new task. It must stay tiny: a few frame steps, one
-dict lookup, one clock read, one write to the record table (agent.records), no string
+dict lookup, one clock read, one write to the record table (asyncio_agent.records), no string
 work. Strings are built once per distinct site and caller, and cached. The same hot
 path is compiled in agent/_speedups.c, which calls ``_record_slow`` here on a miss.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -15,15 +16,19 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any, Optional
 
-from agent import records
-from agent.speedups import compiled as compiled_speedups
+from . import records
+from .speedups import compiled as compiled_speedups
 
 _getframe = sys._getframe
 _monotonic = time.monotonic
 
-# Module-name prefixes whose frames are never a creation site: asyncio itself, the
-# agent, and the loop implementations that call back into asyncio.
-INTERNAL_MODULES: tuple[str, ...] = ("asyncio", "agent", "uvloop")
+# Module-name prefixes whose frames are never a creation site: asyncio itself and the
+# loop implementations that call back into asyncio.
+INTERNAL_MODULES: tuple[str, ...] = ("asyncio", "uvloop")
+
+PACKAGE_DIR = os.path.dirname(__file__) + os.sep
+"""The agent's own files are recognised by where they are, never by a module name: an
+application's own ``agent`` or ``agent.tasks`` module is application code."""
 
 MAX_SITES = 16_384
 """Distinct creation sites remembered; tasks from further sites get no site."""
@@ -87,7 +92,7 @@ class SiteRecorder:
         self._span_probe: Optional[Callable[[], object]] = None
         compiled = compiled_speedups() if speedups else None
         self.accelerator: Any = None
-        """The compiled ``Recorder`` (agent._speedups) in use, or None: Python only."""
+        """The compiled ``Recorder`` (asyncio_agent._speedups) in use, or None: Python only."""
         if compiled is not None:
             self.accelerator = compiled.Recorder(
                 self._internal_ids,
@@ -125,8 +130,11 @@ class SiteRecorder:
         if self._external.get(id(code)) is code:
             return False
         module = frame.f_globals.get("__name__")
-        internal = isinstance(module, str) and any(
-            module == prefix or module.startswith(prefix + ".") for prefix in self._prefixes
+        internal = code.co_filename.startswith(PACKAGE_DIR) or (
+            isinstance(module, str)
+            and any(
+                module == prefix or module.startswith(prefix + ".") for prefix in self._prefixes
+            )
         )
         if len(self._external) + len(self._internal_codes) < MAX_SITES * 4:
             if internal:

@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from agent.livetasks import live_tasks
-from agent.records import record_of
-from agent.sites import Site, SiteRecorder
+from .livetasks import live_tasks
+from .records import record_of
+from .sites import Site, SiteRecorder
 
 MAX_EXAMPLES = 3
 """Example task names and distinct awaiting stacks kept per site."""
@@ -72,7 +72,7 @@ class Snapshot:
     pid: int
     total: int
     source: str
-    """The asyncio registry read (see :mod:`agent.livetasks`)."""
+    """The asyncio registry read (see :mod:`asyncio_agent.livetasks`)."""
     sites: tuple[SiteSnapshot, ...]
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,9 +236,9 @@ def group_tasks(tasks: Iterable[Any], recorder: SiteRecorder) -> tuple[SiteSnaps
 
 
 def take_snapshot(recorder: Optional[SiteRecorder] = None) -> Snapshot:
-    """See :func:`agent.snapshot`."""
+    """See :func:`asyncio_agent.snapshot`."""
     if recorder is None:
-        from agent import runtime
+        from . import runtime
 
         installation = runtime.current()
         # Sites are shared by all recorders: a fresh one decodes any record.

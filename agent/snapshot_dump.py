@@ -15,11 +15,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Optional, Protocol, Union
 
-from agent.config import Settings
-from agent.notices import warn_once
-from agent.reporter import Reporter
-from agent.sites import SiteRecorder
-from agent.snapshot import Snapshot, site_to_dict, take_snapshot
+from .config import Settings
+from .notices import warn_once
+from .reporter import Reporter
+from .sites import SiteRecorder
+from .snapshot import Snapshot, site_to_dict, take_snapshot
 
 GROWTH_RUNS = 3
 """A site is "growing" when its live count rose in each of this many snapshots in a row."""
@@ -28,7 +28,7 @@ _Handler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers
 
 
 class SnapshotSink(Protocol):
-    """What writes the events (``agent.sinks.events.EventSink``)."""
+    """What writes the events (``asyncio_agent.sinks.events.EventSink``)."""
 
     def emit_snapshot(self, fields: dict[str, Any], growing: list[dict[str, Any]]) -> None:
         """Write one snapshot event (and a growing event if ``growing``)."""

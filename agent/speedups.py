@@ -1,8 +1,8 @@
-"""The compiled hot path (``agent._speedups``, built from ``agent/_speedups.c``).
+"""The compiled hot path (``asyncio_agent._speedups``, built from ``agent/_speedups.c``).
 
 Optional: the package installs without it where it does not compile, and
 ``ASYNCIO_AGENT_SPEEDUPS=0`` switches it off. Either way the agent runs the same
-logic in Python (``SiteRecorder.record_task`` and the wrappers in agent.hooks), only
+logic in Python (``SiteRecorder.record_task`` and the wrappers in asyncio_agent.hooks), only
 slower per task.
 """
 
@@ -17,11 +17,11 @@ _why_not: Optional[str] = None
 
 
 def compiled() -> Optional[ModuleType]:
-    """``agent._speedups`` if it was built for this Python, else None."""
+    """``asyncio_agent._speedups`` if it was built for this Python, else None."""
     global _loaded, _why_not
     if _loaded is None and _why_not is None:
         try:
-            _loaded = importlib.import_module("agent._speedups")
+            _loaded = importlib.import_module("._speedups", __package__)
         except ImportError as error:
             _why_not = str(error) or type(error).__name__
     return _loaded
@@ -33,4 +33,4 @@ def status(enabled: bool = True) -> str:
         return f"Python (the compiled module is not available: {_why_not})"
     if not enabled:
         return "Python (ASYNCIO_AGENT_SPEEDUPS=0)"
-    return "compiled (agent._speedups)"
+    return "compiled (asyncio_agent._speedups)"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Optional
 
-from agent.sites import SiteRecorder
+from .sites import SiteRecorder
 
 TRACE_MODULE = "opentelemetry.trace"
 _WRAPPED_MARK = "__asyncio_agent_wrapper__"

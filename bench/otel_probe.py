@@ -9,12 +9,11 @@ import asyncio
 import sys
 import timeit
 
+import asyncio_agent
+import asyncio_agent.runtime
+from asyncio_agent.tracing import make_probe
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-
-import agent
-import agent.runtime
-from agent.tracing import make_probe
 
 N = 200_000
 
@@ -49,10 +48,10 @@ def best_task_cost(with_span: bool) -> float:
 
 def main() -> None:
     print(f"Python {sys.version.split()[0]}")
-    agent.install(output="/dev/null")
+    asyncio_agent.install(output="/dev/null")
     print(f"create_task, agent on, no OTel:            {best_task_cost(False):6.0f} ns/task")
     trace.set_tracer_provider(TracerProvider())
-    recorder = agent.runtime.current().recorder  # type: ignore[union-attr]
+    recorder = asyncio_agent.runtime.current().recorder  # type: ignore[union-attr]
     assert recorder.span_probe is not None
     probe = make_probe(trace)
     print(f"probe, no span current:                    {per_call(probe):6.0f} ns/call")

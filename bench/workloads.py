@@ -220,7 +220,7 @@ def main() -> None:
         result = memory_per_task(options.loop)
     else:
         result = time_workload(options.workload, options.loop, options.repeats, options.peer)
-    result["agent"] = "agent.runtime" in sys.modules
+    result["agent"] = "asyncio_agent.runtime" in sys.modules
     result["pid"] = os.getpid()
     print(json.dumps(result))
 

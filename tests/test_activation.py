@@ -28,7 +28,7 @@ asyncio.run(main())
 
 SHOW_MODULES = """
 import sys
-print("asyncio" in sys.modules, "structlog" in sys.modules, "agent.runtime" in sys.modules)
+print("asyncio" in sys.modules, "structlog" in sys.modules, "asyncio_agent.runtime" in sys.modules)
 """
 
 
@@ -54,8 +54,8 @@ def test_structlog_is_loaded_only_once_asyncio_is_imported(run: Runner) -> None:
     before = "structlog" in sys.modules
     import asyncio
     asyncio.run(asyncio.sleep(0))
-    import agent
-    agent.flush()
+    import asyncio_agent
+    asyncio_agent.flush()
     print(before, "structlog" in sys.modules)
     """
     assert run(source).stdout == "False True\n"
@@ -173,7 +173,7 @@ def test_existing_sitecustomize_of_the_user_still_runs(run: Runner) -> None:
     source = """
     import sys
     print("user sitecustomize ran:", getattr(sys, "_user_site_ran", False))
-    print("agent on:", "agent.runtime" in sys.modules)
+    print("agent on:", "asyncio_agent.runtime" in sys.modules)
     """
     result = run(
         source,
@@ -184,7 +184,9 @@ def test_existing_sitecustomize_of_the_user_still_runs(run: Runner) -> None:
 
 
 def test_dot_pth_style_activation_through_autoinstall(run: Runner) -> None:
-    source = "import agent.autoinstall  # as a .pth line or your sitecustomize would\n" + LEAK
+    source = (
+        "import asyncio_agent.autoinstall  # as a .pth line or your sitecustomize would\n" + LEAK
+    )
     result = run(source, env={"PYTHONPATH": ""})
     assert len(result.anomalies()) == 2
 
@@ -196,8 +198,8 @@ def test_application_structlog_configuration_is_left_alone(run: Runner) -> None:
         "before = structlog.get_config()\n"
     )
     after = (
-        "import agent\n"
-        "agent.flush()\n"
+        "import asyncio_agent\n"
+        "asyncio_agent.flush()\n"
         "after = structlog.get_config()\n"
         "print(before == after, [type(p).__name__ for p in after['processors']])\n"
         "structlog.get_logger().info('app_event', n=1)\n"
@@ -213,7 +215,7 @@ def test_programmatic_install_uninstall_and_flush(run: Runner, tmp_path: object)
     source = """
     import asyncio, gc, json, os, sys
     gc.disable()
-    import agent
+    import asyncio_agent
 
     async def forever():
         await asyncio.Event().wait()
@@ -224,17 +226,17 @@ def test_programmatic_install_uninstall_and_flush(run: Runner, tmp_path: object)
         gc.collect()
 
     out = os.path.join(os.getcwd(), "mine.jsonl")
-    agent.install(output=out, stack_depth=3)
-    agent.install(output="ignored")  # idempotent
-    print("installed", agent.is_installed())
+    asyncio_agent.install(output=out, stack_depth=3)
+    asyncio_agent.install(output="ignored")  # idempotent
+    print("installed", asyncio_agent.is_installed())
     asyncio.run(leak())
-    print("flushed", agent.flush(timeout=5))
+    print("flushed", asyncio_agent.flush(timeout=5))
     print("events", len(open(out).read().splitlines()))
-    agent.uninstall()
-    print("installed", agent.is_installed())
+    asyncio_agent.uninstall()
+    print("installed", asyncio_agent.is_installed())
     print("plain again", not hasattr(asyncio.BaseEventLoop.create_task, "__wrapped__"))
     asyncio.run(leak())
-    agent.flush()
+    asyncio_agent.flush()
     print("events", len(open(out).read().splitlines()))
     """
     result = run(source, agent=False)
@@ -250,12 +252,12 @@ def test_programmatic_install_uninstall_and_flush(run: Runner, tmp_path: object)
 
 def test_unknown_install_option_is_a_type_error(run: Runner) -> None:
     source = """
-    import agent
+    import asyncio_agent
     try:
-        agent.install(outptu="x")
+        asyncio_agent.install(outptu="x")
     except TypeError as exc:
         print("TypeError", exc)
-    print(agent.is_installed())
+    print(asyncio_agent.is_installed())
     """
     result = run(source, agent=False)
     assert result.stdout.startswith("TypeError install() got unexpected keyword argument(s)")

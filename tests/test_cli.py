@@ -1,6 +1,6 @@
-"""The ``python -m agent`` tools, run as a user would: run, report, doctor.
+"""The ``python -m asyncio_agent`` tools, run as a user would: run, report, doctor.
 
-Every test starts a real ``python -m agent ...`` subprocess in a clean environment
+Every test starts a real ``python -m asyncio_agent ...`` subprocess in a clean environment
 (no sitecustomize: ``run`` must switch the agent on by itself).
 """
 
@@ -39,12 +39,12 @@ sys.exit(3)
 def agent_cli(
     *args: str, cwd: Path, env: Optional[dict[str, str]] = None
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m agent <args>`` in ``cwd`` with a clean environment."""
+    """``python -m asyncio_agent <args>`` in ``cwd`` with a clean environment."""
     environment = clean_environment()
     environment["PYTHONPATH"] = str(REPO)
     environment.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        [sys.executable, "-m", "asyncio_agent", *args],
         cwd=cwd,
         env=environment,
         capture_output=True,

@@ -217,7 +217,7 @@ def test_task_built_directly_never_shows_the_site_of_a_dead_task_at_its_address(
 ) -> None:
     # asyncio.Task(...) bypasses create_task, so it has no record. The memory of a task
     # that just died is the first to be reused: its record must not be read as this
-    # task's (agent.records drops it when the new task registers with asyncio).
+    # task's (asyncio_agent.records drops it when the new task registers with asyncio).
     source = """
     import asyncio, gc
     gc.disable()

@@ -231,7 +231,7 @@ def test_task_leaked_on_loop_created_before_programmatic_install_is_reported(
         import asyncio
         import gc
 
-        import agent
+        import asyncio_agent
 
 
         async def hang():
@@ -239,9 +239,9 @@ def test_task_leaked_on_loop_created_before_programmatic_install_is_reported(
 
 
         async def main():
-            print("installed before:", agent.is_installed())
-            agent.install(output="events.jsonl")
-            print("installed after:", agent.is_installed())
+            print("installed before:", asyncio_agent.is_installed())
+            asyncio_agent.install(output="events.jsonl")
+            print("installed after:", asyncio_agent.is_installed())
             asyncio.create_task(hang(), name="late")  # SITE
             await asyncio.sleep(0)
             gc.collect()
@@ -265,7 +265,7 @@ import gc
 import sys
 import time
 
-import agent
+import asyncio_agent
 
 gc.disable()
 
@@ -353,7 +353,7 @@ async def main():
 
 loop = MiniLoop()
 print("base event loop:", isinstance(loop, asyncio.BaseEventLoop))
-print("instrumented:", agent.instrument_loop(loop))
+print("instrumented:", asyncio_agent.instrument_loop(loop))
 loop.run_until_complete(main())
 loop.close()
 """
@@ -499,7 +499,7 @@ def test_tasks_leaked_after_uninstall_are_not_reported_and_loops_are_plain_again
 ) -> None:
     source = program(
         """
-        import agent
+        import asyncio_agent
 
         base = asyncio.BaseEventLoop
         registry = getattr(asyncio.tasks, "_scheduled_tasks", None)
@@ -508,8 +508,8 @@ def test_tasks_leaked_after_uninstall_are_not_reported_and_loops_are_plain_again
         print("wrapped before:", hasattr(base.create_task, "__wrapped__"))
         print("registry hooked before:", "add" in vars(registry))
         asyncio.run(leak("before"))
-        agent.uninstall()
-        print("installed:", agent.is_installed())
+        asyncio_agent.uninstall()
+        print("installed:", asyncio_agent.is_installed())
         print("registry hooked:", "add" in vars(registry))
         for name in ("create_task", "call_exception_handler"):
             function = getattr(base, name)

@@ -42,8 +42,8 @@ def setup():
     return exporter, reader
 
 def dump(exporter, reader):
-    import agent
-    agent.flush()
+    import asyncio_agent
+    asyncio_agent.flush()
     spans = [json.loads(s.to_json(indent=None)) for s in exporter.get_finished_spans()]
     points = {}
     data = reader.get_metrics_data()
@@ -266,10 +266,10 @@ asyncio.run(main([]))
 
 PROBE_STATE = """
 import asyncio, sys
-import agent.runtime
+import asyncio_agent.runtime
 
 def probe():
-    return agent.runtime.current().recorder.span_probe is not None
+    return asyncio_agent.runtime.current().recorder.span_probe is not None
 
 before_import = probe()
 from opentelemetry import trace
@@ -302,10 +302,10 @@ def test_without_opentelemetry_nothing_of_it_is_imported(run: Runner) -> None:
         gc.collect()
 
     asyncio.run(main())
-    import agent, agent.runtime
-    agent.flush()
+    import asyncio_agent, asyncio_agent.runtime
+    asyncio_agent.flush()
     print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
-    print(agent.runtime.current().recorder.span_probe)
+    print(asyncio_agent.runtime.current().recorder.span_probe)
     """
     result = run(source)
     assert result.stdout.split("\n")[:2] == ["[]", "None"], result.stdout + result.stderr
@@ -330,8 +330,8 @@ async def main():
     print("sdk imported:", "opentelemetry.sdk.trace" in sys.modules)
 
 asyncio.run(main())
-import agent
-agent.flush()  # a short script: make sure the background OTel setup has finished
+import asyncio_agent
+asyncio_agent.flush()  # a short script: make sure the background OTel setup has finished
 """
 
 
@@ -514,14 +514,14 @@ def test_uninstall_switches_the_probe_off_and_restores_the_provider_setter(
     run: Runner,
 ) -> None:
     source = """
-    import agent, agent.runtime
+    import asyncio_agent, asyncio_agent.runtime
     from opentelemetry import trace
     wrapped = trace._set_tracer_provider
-    recorder = agent.runtime.current().recorder
+    recorder = asyncio_agent.runtime.current().recorder
     from opentelemetry.sdk.trace import TracerProvider
     trace.set_tracer_provider(TracerProvider())
     on = recorder.span_probe is not None
-    agent.uninstall()
+    asyncio_agent.uninstall()
     print(on, recorder.span_probe, trace._set_tracer_provider is wrapped.__wrapped__)
     """
     result = run(source)

@@ -365,7 +365,7 @@ def test_env_only_agent_delivers_root_anomaly_spans_and_counter(
         asyncio.create_task(send_welcome_email("ada"))
         await asyncio.sleep(0.01)
         gc.collect()
-        await asyncio.sleep(1.0)  # a service runs on; a 0.1 s script should call agent.flush()
+        await asyncio.sleep(1.0)  # a service runs on; a short script calls asyncio_agent.flush()
 
     asyncio.run(main())
     """

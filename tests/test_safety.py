@@ -13,9 +13,8 @@ import subprocess
 from typing import Any
 
 import pytest
+from asyncio_agent.sites import MAX_SITES
 from conftest import DESTROYED, Run, Runner, line_of
-
-from agent.sites import MAX_SITES
 
 DROPPED = "asyncio.agent.reports_dropped"
 SUPPRESSED = "asyncio.agent.reports_suppressed"
@@ -41,7 +40,7 @@ def last_json(result: Run) -> dict[str, Any]:
 COLLECT_IN_EMIT = """
 import asyncio, gc, logging, sys
 
-import agent
+import asyncio_agent
 
 COUNT = 1000
 collections = 0
@@ -78,7 +77,7 @@ async def main():
 gc.disable()
 asyncio.run(main())
 gc.collect()
-print('{"collections": %d, "flushed": %s}' % (collections, str(agent.flush(30)).lower()))
+print('{"collections": %d, "flushed": %s}' % (collections, str(asyncio_agent.flush(30)).lower()))
 """
 
 
@@ -96,7 +95,7 @@ def test_collection_inside_a_logging_handler_emit_a_thousand_times_loses_nothing
 COLLECT_IN_THREADS = """
 import asyncio, gc, logging, sys, threading
 
-import agent
+import asyncio_agent
 
 THREADS = 6
 PER_THREAD = 400
@@ -140,7 +139,7 @@ for thread in threads:
 for thread in threads:
     thread.join()
 gc.collect()
-print('{"reported": %d, "flushed": %s}' % (reported, str(agent.flush(30)).lower()))
+print('{"reported": %d, "flushed": %s}' % (reported, str(asyncio_agent.flush(30)).lower()))
 """
 
 
@@ -158,8 +157,8 @@ def test_collections_in_many_threads_at_once_neither_deadlock_nor_lose_reports(
 FLOOD = """
 import asyncio, gc, json, resource, sys, time
 
-import agent
-import agent.runtime as runtime
+import asyncio_agent
+import asyncio_agent.runtime as runtime
 
 TOTAL = int(sys.argv[1])
 PER_SECOND = 100_000
@@ -197,7 +196,7 @@ async def main():
 
 elapsed = asyncio.run(main())
 gc.collect()
-flushed = agent.flush(60)
+flushed = asyncio_agent.flush(60)
 print(json.dumps({
     "counted": counted,
     "deepest_queue": deepest_queue,
@@ -265,12 +264,12 @@ LONG_RUN = """
 import asyncio, gc, json, sys, tracemalloc
 from pathlib import Path
 
-import agent
-import agent.records
-from agent.sites import MAX_SITES
+import asyncio_agent
+import asyncio_agent.records
+from asyncio_agent.sites import MAX_SITES
 
 TOTAL = int(sys.argv[1])
-AGENT_FILES = str(Path(agent.__file__).parent) + "/*"
+AGENT_FILES = str(Path(asyncio_agent.__file__).parent) + "/*"
 
 
 def agent_bytes():
@@ -292,7 +291,7 @@ async def complete(count):
     global peak_table
     for _ in range(count // 1000):
         tasks = [asyncio.create_task(work(i)) for i in range(1000)]
-        peak_table = max(peak_table, len(agent.records.TABLE))
+        peak_table = max(peak_table, len(asyncio_agent.records.TABLE))
         await asyncio.gather(*tasks)
 
 
@@ -307,11 +306,11 @@ def growth(step):
     tracemalloc.start()
     step()
     gc.collect()
-    agent.records.sweep()
+    asyncio_agent.records.sweep()
     once = agent_bytes()
     step()
     gc.collect()
-    agent.records.sweep()
+    asyncio_agent.records.sweep()
     twice = agent_bytes()
     tracemalloc.stop()
     return twice - once
@@ -358,8 +357,8 @@ new_sites_growth = growth(new_sites_step)
 print(json.dumps({
     "tasks_growth": tasks_growth, "sites_growth": sites_growth,
     "new_sites_growth": new_sites_growth,
-    "sites": agent.runtime.current().recorder.site_count(),
-    "peak_table": peak_table, "table_bound": 3 * 1000 + agent.records.SWEEP_SLACK,
+    "sites": asyncio_agent.runtime.current().recorder.site_count(),
+    "peak_table": peak_table, "table_bound": 3 * 1000 + asyncio_agent.records.SWEEP_SLACK,
 }))
 """
 
@@ -443,8 +442,8 @@ def test_reports_never_written_from_the_finalizer_so_a_held_stream_lock_cannot_d
         # The control: make the agent write in place, as if there were no queue.
         source = source.replace(
             "asyncio.run(main())",
-            "import agent.runtime\n"
-            "agent.runtime.current().reporter._inline = True\n"
+            "import asyncio_agent.runtime\n"
+            "asyncio_agent.runtime.current().reporter._inline = True\n"
             "asyncio.run(main())",
         )
         with pytest.raises(subprocess.TimeoutExpired):

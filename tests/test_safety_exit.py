@@ -257,13 +257,13 @@ def test_a_leaked_task_its_coroutine_and_arguments_die_at_the_same_moment_as_wit
 REFERENTS = """
 import gc, sys, types
 
-import agent
-import agent.runtime
-import agent.records
-import agent.sites
+import asyncio_agent
+import asyncio_agent.runtime
+import asyncio_agent.records
+import asyncio_agent.sites
 
-agent.install()
-installation = agent.runtime.current()
+asyncio_agent.install()
+installation = asyncio_agent.runtime.current()
 captured = []
 submit = installation.patcher._submit
 installation.patcher._submit = lambda report: (captured.append(report), submit(report))
@@ -290,16 +290,17 @@ records = []
 async def main():
     for coro in (hang(Secret()), boom(Secret())):
         task = asyncio.create_task(coro)
-        records.append(agent.records.record_of(task))
+        records.append(asyncio_agent.records.record_of(task))
     await asyncio.sleep(0)
     gc.collect()
 
 
 gc.disable()
 asyncio.run(main())
-agent.flush()
+asyncio_agent.flush()
 FORBIDDEN = (types.FrameType, types.CoroutineType, types.TracebackType, asyncio.Future, Secret)
-roots = [captured, records, agent.records.TABLE, agent.sites._SITE_LIST, installation]
+roots = [captured, records, asyncio_agent.records.TABLE, asyncio_agent.sites._SITE_LIST]
+roots.append(installation)
 seen, todo, bad = set(), roots, []
 while todo:
     obj = todo.pop()

@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
+from asyncio_agent.config import _ENV_FIELDS, ENV_PREFIX
 from conftest import DESTROYED, UNRETRIEVED, Runner
-
-from agent.config import _ENV_FIELDS, ENV_PREFIX
 
 LEAK = """
 import asyncio, gc
@@ -47,7 +46,7 @@ def agent_lines(stderr: str) -> list[str]:
 
 LEAK_ROUNDS = """
 import asyncio, gc, os, sys
-import agent
+import asyncio_agent
 gc.disable()
 
 async def forever():
@@ -60,10 +59,10 @@ async def leak(n):
     gc.collect()
 
 asyncio.run(leak(3))
-agent.flush()
+asyncio_agent.flush()
 exec(sys.argv[1])  # break the output here
 asyncio.run(leak(5))
-agent.flush()
+asyncio_agent.flush()
 print("still running")
 """
 
@@ -183,7 +182,7 @@ def test_every_setting_with_a_bad_value_gives_at_most_one_clear_warning_and_neve
     variable = f"{ENV_PREFIX}_{suffix}"
     result = run(LEAK, env={variable: BAD_VALUES[kind]})
     assert result.returncode == 0 and result.stdout == "done\n", result.stderr[-2000:]
-    assert f"{os.sep}agent{os.sep}" not in result.stderr  # no traceback of ours
+    assert f"{os.sep}asyncio_agent{os.sep}" not in result.stderr  # no traceback of ours
     assert "Exception ignored" not in result.stderr
     warnings = agent_lines(result.stderr)
     if (suffix, kind) in VALID:

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult,
 )
 
-import agent
+import asyncio_agent
 
 KIND = sys.argv[1]
 ROUNDS, PER_ROUND = 10, 500
@@ -81,7 +81,7 @@ async def main():
 
 gc.disable()
 leaked = asyncio.run(main())
-print(json.dumps({"leaked": leaked, "flushed": agent.flush(20)}))
+print(json.dumps({"leaked": leaked, "flushed": asyncio_agent.flush(20)}))
 """
 
 

@@ -1,7 +1,7 @@
 """Task snapshots: live tasks by creation site, on demand, on a signal and on a timer.
 
 Each test runs a real program with the agent switched on by env var and reads what
-``agent.snapshot()`` returned (printed as JSON) or the snapshot events it wrote.
+``asyncio_agent.snapshot()`` returned (printed as JSON) or the snapshot events it wrote.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ SNAPSHOT = "asyncio.tasks.snapshot"
 GROWING = "asyncio.tasks.growing"
 
 TWO_SITES = """
-import asyncio, json, agent
+import asyncio, json, asyncio_agent
 
 async def worker():
     await asyncio.sleep(60)
@@ -36,7 +36,7 @@ async def main():
     for i in range(2):
         keep.append(asyncio.create_task(waiter(event), name=f"w{i}"))  # SITE-WAITERS
     await asyncio.sleep(0)
-    print(json.dumps(agent.snapshot().to_dict()))
+    print(json.dumps(asyncio_agent.snapshot().to_dict()))
     for task in keep:
         task.cancel()
     await asyncio.gather(*keep, return_exceptions=True)
@@ -89,7 +89,7 @@ def test_snapshot_groups_live_tasks_by_creation_site_largest_first(run: Runner) 
 def test_snapshot_sees_loops_in_other_threads_and_keeps_no_task_alive(run: Runner) -> None:
     result = run(
         """
-        import asyncio, gc, json, threading, weakref, agent
+        import asyncio, gc, json, threading, weakref, asyncio_agent
 
         started = threading.Event()
         refs = []
@@ -113,7 +113,7 @@ def test_snapshot_sees_loops_in_other_threads_and_keeps_no_task_alive(run: Runne
         thread = threading.Thread(target=thread_main)
         thread.start()
         started.wait()
-        snapshot = agent.snapshot()
+        snapshot = asyncio_agent.snapshot()
         thread.join()
         gc.collect()
         alive = sum(r() is not None for r in refs)
@@ -133,7 +133,7 @@ def test_snapshot_sees_loops_in_other_threads_and_keeps_no_task_alive(run: Runne
 def test_snapshot_of_a_failed_task_leaves_its_exception_unretrieved(run: Runner) -> None:
     result = run(
         """
-        import asyncio, gc, json, agent
+        import asyncio, gc, json, asyncio_agent
 
         async def boom():
             raise KeyError("x")
@@ -141,7 +141,7 @@ def test_snapshot_of_a_failed_task_leaves_its_exception_unretrieved(run: Runner)
         async def main():
             task = asyncio.create_task(boom())
             await asyncio.sleep(0)
-            states = [s["states"] for s in agent.snapshot().to_dict()["sites"]]
+            states = [s["states"] for s in asyncio_agent.snapshot().to_dict()["sites"]]
             print(json.dumps(states))
             del task
             gc.collect()
@@ -155,7 +155,7 @@ def test_snapshot_of_a_failed_task_leaves_its_exception_unretrieved(run: Runner)
 
 
 GROWING_PROGRAM = """
-import asyncio, os, signal, agent
+import asyncio, os, signal, asyncio_agent
 
 keep = []
 
@@ -166,7 +166,7 @@ async def main():
     for _ in range(5):
         keep.append(asyncio.create_task(idle()))  # LEAK-SITE
         os.kill(os.getpid(), signal.SIGUSR1)
-        agent.flush()
+        asyncio_agent.flush()
     for task in keep:
         task.cancel()
     await asyncio.gather(*keep, return_exceptions=True)

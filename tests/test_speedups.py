@@ -12,17 +12,16 @@ import sys
 from typing import Any
 
 import pytest
+from asyncio_agent.speedups import compiled as compiled_speedups
 from conftest import DESTROYED, PYTHON_PATH_ONLY, UNRETRIEVED, Runner, line_of
-
-from agent.speedups import compiled as compiled_speedups
 
 CPYTHON = platform.python_implementation() == "CPython"
 
 WHICH_PATH = """\
-    import asyncio, agent.runtime
+    import asyncio, asyncio_agent.runtime
 
     async def main():
-        recorder = agent.runtime.current().recorder
+        recorder = asyncio_agent.runtime.current().recorder
         print(type(asyncio.get_running_loop().create_task.__func__).__name__)
         print("compiled" if recorder.accelerator is not None else "python")
 
@@ -151,7 +150,7 @@ def test_an_eager_task_that_finished_at_once_keeps_its_site_on_both_paths(run: R
 
 def test_both_sweeps_drop_dead_tasks_entries_and_keep_live_ones(run: Runner) -> None:
     source = """\
-        import asyncio, gc, agent.records as records
+        import asyncio, gc, asyncio_agent.records as records
 
         async def leaf():
             return 1

@@ -1,4 +1,4 @@
-"""The ``python -m agent`` command line: parses arguments and hands over to one tool.
+"""The ``python -m asyncio_agent`` command line: parses arguments and hands over to one tool.
 
 Owns the argument syntax of ``run``, ``report`` and ``doctor``. Imports a tool's module
 only when that tool is chosen, so ``run`` starts the program with nothing extra loaded.
@@ -10,17 +10,17 @@ import argparse
 from collections.abc import Sequence
 from typing import Optional
 
-from agent.config import FORMATS
+from ..config import FORMATS
 
 _RUN_USAGE = (
-    "python -m agent run [--output FILE] [--format json|console] script.py [args...]\n"
-    "       python -m agent run [--output FILE] [--format json|console] -m module [args...]"
+    "python -m asyncio_agent run [--output FILE] [--format json|console] script.py [args...]\n"
+    "       python -m asyncio_agent run [--output FILE] [--format json|console] -m module [args...]"
 )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m agent",
+        prog="python -m asyncio_agent",
         description="asyncio-agent tools: run a program with the agent, read its events, "
         "check the set-up.",
     )
@@ -95,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = parser.parse_args(arguments)
 
     if options.command == "run":
-        from agent.cli.run import run_program
+        from ..cli.run import run_program
 
         if options.module is None and not program:
             parser.error("run: give a script (or -m module) to run")
@@ -109,9 +109,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             format=options.format,
         )
     if options.command == "report":
-        from agent.cli.report import report_files
+        from ..cli.report import report_files
 
         return report_files(options.files, options.style)
-    from agent.cli.doctor import doctor
+    from ..cli.doctor import doctor
 
     return doctor(options.style)

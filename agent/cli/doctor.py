@@ -1,4 +1,4 @@
-"""``python -m agent doctor``: would the agent activate here, and how would it run?
+"""``python -m asyncio_agent doctor``: would the agent activate here, and how would it run?
 
 Owns the checks and their text/JSON rendering. Reads the environment and imports
 modules to look at them; never installs the agent and never changes a setting.
@@ -17,7 +17,7 @@ import site
 import sys
 from typing import Any, Optional
 
-from agent.speedups import status as hot_path_status
+from ..speedups import status as hot_path_status
 
 
 def _version(distribution: str) -> Optional[str]:
@@ -36,7 +36,7 @@ def _read(path: str) -> str:
 
 
 def _activation() -> dict[str, Any]:
-    from agent.config import is_enabled
+    from ..config import is_enabled
 
     raw = os.environ.get("ASYNCIO_AGENT")
     with contextlib.redirect_stderr(io.StringIO()):
@@ -45,12 +45,12 @@ def _activation() -> dict[str, Any]:
     spec = importlib.util.find_spec("sitecustomize") if "sitecustomize" not in sys.modules else None
     module = sys.modules.get("sitecustomize")
     origin = getattr(module, "__file__", None) or (spec.origin if spec is not None else None)
-    if origin and os.path.exists(origin) and "agent" in _read(origin):
+    if origin and os.path.exists(origin) and "asyncio_agent" in _read(origin):
         hooks.append(f"sitecustomize: {origin}")
     folders = [*site.getsitepackages(), site.getusersitepackages()]
     for folder in folders:
         for path in sorted(glob.glob(os.path.join(folder, "*.pth"))):
-            if "agent.autoinstall" in _read(path):
+            if "asyncio_agent.autoinstall" in _read(path):
                 hooks.append(f".pth: {path}")
     if not enabled:
         verdict = "no: ASYNCIO_AGENT is not set to 1/true/yes/on"
@@ -59,14 +59,15 @@ def _activation() -> dict[str, Any]:
     else:
         verdict = (
             "not at start-up: ASYNCIO_AGENT is on but no sitecustomize/.pth hook was found "
-            "(use `python -m agent run`, PYTHONPATH=.../sitecustomize_example, or a .pth line)"
+            "(use `python -m asyncio_agent run`, PYTHONPATH=.../sitecustomize_example, "
+            "or a .pth line)"
         )
     return {"ASYNCIO_AGENT": raw, "would_activate": verdict, "start_up_hooks": hooks}
 
 
 def _settings() -> tuple[dict[str, Any], list[str]]:
-    from agent import notices
-    from agent.config import load_settings
+    from .. import notices
+    from ..config import load_settings
 
     # Fresh "already said" memory: a start-up activation may have said them all before.
     said, notices._already_said = notices._already_said, set()
@@ -104,7 +105,7 @@ def _output(settings: dict[str, Any]) -> dict[str, Any]:
 def _features() -> dict[str, Any]:
     import asyncio
 
-    from agent.livetasks import registry_source
+    from ..livetasks import registry_source
 
     uvloop_found = importlib.util.find_spec("uvloop") is not None
     return {

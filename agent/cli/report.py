@@ -1,4 +1,4 @@
-"""``python -m agent report``: event files from many processes, grouped by creation site.
+"""``python -m asyncio_agent report``: event files from many processes, grouped by creation site.
 
 Owns reading JSON-lines event files and the table, JSON and Markdown renderings. Never
 fails on a bad line: truncated, foreign or unreadable lines are counted and reported.

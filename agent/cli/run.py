@@ -1,4 +1,4 @@
-"""``python -m agent run``: a program run as ``python`` would, with the agent on.
+"""``python -m asyncio_agent run``: a program run as ``python`` would, with the agent on.
 
 Owns the ``__main__``/``sys.argv``/``sys.path`` set-up and the exit code. Installs the
 agent before the program's first line, and leaves the program's own output untouched.
@@ -27,8 +27,8 @@ def _program_traceback(tb: Optional[TracebackType]) -> Optional[TracebackType]:
 
 
 def _install(output: Optional[str], format: Optional[str]) -> None:
-    import agent
-    from agent.config import load_settings
+    from .. import runtime
+    from ..config import load_settings
 
     # runpy's frames sit above every frame of the program: never part of its stacks.
     skip = load_settings(os.environ).skip_modules
@@ -38,9 +38,9 @@ def _install(output: Optional[str], format: Optional[str]) -> None:
     if format is not None:
         options["format"] = format
     try:
-        agent.install(**options)
+        runtime.install(**options)
     except Exception as exc:  # the program runs regardless, as with sitecustomize
-        from agent.notices import warn_once
+        from ..notices import warn_once
 
         warn_once("cli:run", f"could not start ({type(exc).__name__}: {exc}); running without it")
 
@@ -57,7 +57,7 @@ def run_program(
     _install(output, format)
     try:
         if module is not None:
-            # `python -m` puts the working directory first; `python -m agent` already did.
+            # `python -m` puts the working directory first; `python -m asyncio_agent` already did.
             sys.argv = [module, *args]
             runpy.run_module(module, run_name="__main__", alter_sys=True)
         else:

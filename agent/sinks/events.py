@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Optional, TextIO
 
-from agent.config import Settings
-from agent.notices import warn_once
-from agent.privacy import PathRewriter
-from agent.ratelimit import SUPPRESSED_EVENT
-from agent.report import EXCEPTION_UNRETRIEVED, Report
-from agent.sites import Site
-from agent.tracing import hex_ids
+from ..config import Settings
+from ..notices import warn_once
+from ..privacy import PathRewriter
+from ..ratelimit import SUPPRESSED_EVENT
+from ..report import EXCEPTION_UNRETRIEVED, Report
+from ..sites import Site
+from ..tracing import hex_ids
 
 DROPPED_EVENT = "asyncio.agent.reports_dropped"
 SNAPSHOT_EVENT = "asyncio.tasks.snapshot"
@@ -331,7 +331,8 @@ class EventSink:
 
     def emit_snapshot(self, fields: dict[str, Any], growing: list[dict[str, Any]]) -> None:
         """Write one ``asyncio.tasks.snapshot`` event (live tasks by site, see
-        :mod:`agent.snapshot`), then ``asyncio.tasks.growing`` if some sites keep growing."""
+        :mod:`asyncio_agent.snapshot`), then ``asyncio.tasks.growing`` if some sites keep
+        growing."""
         logger = self._bound_logger()
         logger.info(SNAPSHOT_EVENT, **fields, growing=growing)
         if growing:

@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from agent import otelenv
-from agent.notices import warn_once
-from agent.report import EXCEPTION_UNRETRIEVED, Report
-from agent.tracing import is_real_provider, unpack
+from .. import otelenv
+from ..notices import warn_once
+from ..report import EXCEPTION_UNRETRIEVED, Report
+from ..tracing import is_real_provider, unpack
 
 SCOPE = "asyncio-agent"
 ANOMALIES_METRIC = "asyncio.task.anomalies"
@@ -155,7 +155,7 @@ class OtelSink:
             if "shutdown" in str(exc):
                 detail += (
                     "; the program ended before the OpenTelemetry SDK was ready: "
-                    "call agent.flush() at the end of short scripts"
+                    "call asyncio_agent.flush() at the end of short scripts"
                 )
             warn_once("otel-setup", f"OpenTelemetry export could not start ({detail})")
             return None
@@ -187,7 +187,7 @@ class OtelSink:
             if provider is None:
                 return None
         if provider is not self._tracer_source:
-            from agent import __version__
+            from .. import __version__
 
             self._tracer = provider.get_tracer(SCOPE, __version__)
             self._tracer_source = provider
@@ -227,7 +227,7 @@ class OtelSink:
         self._bounded.run(own.shutdown, 0.0)  # exports what it counted, in the background
 
     def _create_instruments(self, provider: Any, observation: Any) -> None:
-        from agent import __version__
+        from .. import __version__
 
         meter = provider.get_meter(SCOPE, __version__)
         self._counter = meter.create_counter(
@@ -360,7 +360,7 @@ class OtelSink:
     def flush_exports(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
         """Push the spans written so far to their exporter; False on timeout."""
         # Waits for a setup still under way (it holds the lock): a short program that
-        # calls agent.flush() gets its spans exported.
+        # calls asyncio_agent.flush() gets its spans exported.
         if not self._lock.acquire(timeout=timeout):
             return False
         self._lock.release()
