@@ -2,6 +2,11 @@
 
 Public API only. Importing this package is cheap: nothing here imports asyncio,
 structlog or threads until :func:`install` is called.
+
+PYTEST_DONT_REWRITE: the start-up hook imports this package before pytest starts, and
+pytest marks the packages of every distribution with a pytest plugin for assertion
+rewriting; this marker keeps it from warning that it is already imported (which
+``filterwarnings = error`` would turn into a crash at start-up).
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 Runs inside ``__del__``/``tp_finalize``, in any thread, possibly inside another
 handler's lock: no I/O, no locks, no imports, no logging. Build the value and return.
+The rate limit is asked first, from the kind and creation site alone: a report it holds
+back costs a dict update, nothing more. User code run here, only for reports that are
+written, is what CPython's default handler runs for them: ``str()`` of the exception
+and of its chain and notes (see agent.exception_summary), and a Task subclass's
+``get_name()``.
 """
 
 from __future__ import annotations
@@ -10,12 +15,12 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
+from .exception_summary import summarize
 from .records import record_of
-from .report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report
+from .report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report, Suppressed
 from .sites import SPAN_ATTR, Site
 
 # The exact texts of CPython's finalizers (Modules/_asynciomodule.c and
@@ -96,12 +101,23 @@ def _thread_name(loop: Any) -> str:
 Decoder = Callable[[object], tuple[Optional[Site], Optional[float]]]
 
 
-def report_from_context(loop: Any, context: Mapping[str, Any], decode: Decoder) -> Optional[Report]:
+Admit = Callable[[tuple[Optional[Site], str]], bool]
+
+
+def _admit_all(key: tuple[Optional[Site], str]) -> bool:
+    return True
+
+
+def report_from_context(
+    loop: Any, context: Mapping[str, Any], decode: Decoder, admit: Admit = _admit_all
+) -> Union[Report, Suppressed, None]:
     """The Report for a task finalizer's context, or None if it is anything else.
 
     ``context`` is what ``loop.call_exception_handler`` received; only CPython's two
     task finalizer reports qualify, never plain futures or application contexts.
     ``decode`` turns the task's creation record into its site and creation time.
+    ``admit((site, kind))`` is asked before anything costly is done: when it says no,
+    the result is a :class:`Suppressed` count, and the exception is not even read.
     """
     message = context.get("message")
     if not isinstance(message, str):
@@ -123,19 +139,21 @@ def report_from_context(loop: Any, context: Mapping[str, Any], decode: Decoder) 
         return None
 
     site, created = decode(record_of(task))
+    if not admit((site, kind)):
+        return Suppressed(kind, site, _coroutine_name(task), _at_shutdown(loop))
     age = None if created is None else max(0.0, _monotonic() - created)
 
     exception_type = exception_message = None
     summary = None
     if exception is not None:
-        exception_type = _qualified_type_name(exception)
-        exception_message = _safe_str(exception)
         try:
-            summary = traceback.TracebackException(
-                type(exception), exception, exception.__traceback__, lookup_lines=False
-            )
+            summary = summarize(exception)
         except Exception:
             summary = None
+        if summary is not None:
+            exception_type, exception_message = summary.type_name, summary.message
+        else:
+            exception_type, exception_message = _qualified_type_name(exception), "?"
 
     return Report(
         kind=kind,

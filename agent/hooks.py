@@ -15,15 +15,16 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping
 from types import MethodType, ModuleType
-from typing import Any
+from typing import Any, Union
 
-from .detect import Decoder, report_from_context
+from .detect import Admit, Decoder, report_from_context
 from .records import RegistryHook, keep_on_task
-from .report import Report
+from .report import Report, Suppressed
 from .sites import SPAN_ATTR, SiteRecorder
 from .speedups import compiled as compiled_speedups
 
 _WRAPPER_MARK = "__asyncio_agent_wrapper__"
+Submit = Callable[[Union[Report, Suppressed]], None]
 _THIS_FILE = sys._getframe().f_code.co_filename
 _MISSING = object()
 
@@ -132,14 +133,14 @@ def _make_create_task(original: Callable[..., Any], recorder: SiteRecorder) -> C
 
 
 def _make_call_exception_handler(
-    original: Callable[..., Any], submit: Callable[[Report], None], decode: Decoder
+    original: Callable[..., Any], submit: Submit, decode: Decoder, admit: Admit
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     def call_exception_handler(self: Any, context: Mapping[str, Any]) -> Any:
         # Runs inside the task finalizer: build the report, queue it, and let the
         # loop's own handling (the user's handler, CPython's log line) go on as ever.
         try:
-            report = report_from_context(self, context, decode)
+            report = report_from_context(self, context, decode, admit)
             if report is not None:
                 submit(report)
         except Exception:
@@ -157,9 +158,10 @@ assert SPAN_ATTR == "_asyncio_agent_span"
 class LoopPatcher:
     """Patches loop classes (or single loops) and remembers how to undo it."""
 
-    def __init__(self, recorder: SiteRecorder, submit: Callable[[Report], None]) -> None:
+    def __init__(self, recorder: SiteRecorder, submit: Submit, admit: Admit) -> None:
         self._recorder = recorder
         self._submit = submit
+        self._admit = admit
         # (owner, attribute name) -> what owner.__dict__ held before, or _MISSING.
         self._undo: dict[tuple[Any, str], Any] = {}
         self._registry_hook = RegistryHook(compiled=recorder.accelerator is not None)
@@ -169,7 +171,9 @@ class LoopPatcher:
     def _wrap(self, owner: Any, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         if name == "create_task":
             return _make_create_task(original, self._recorder)
-        return _make_call_exception_handler(original, self._submit, self._recorder.decode)
+        return _make_call_exception_handler(
+            original, self._submit, self._recorder.decode, self._admit
+        )
 
     def patch_class(self, cls: type) -> bool:
         """Wrap ``cls.create_task`` and ``cls.call_exception_handler``; False if not possible."""

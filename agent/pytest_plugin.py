@@ -12,11 +12,11 @@ import gc
 import os
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import pytest
 
-from .report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report
+from .report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report, Suppressed
 
 MARK = "asyncio_agent_allow"
 MODES = ("fail", "error", "warn")
@@ -29,7 +29,8 @@ _KINDS = {
     "exception": EXCEPTION_UNRETRIEVED,
     EXCEPTION_UNRETRIEVED: EXCEPTION_UNRETRIEVED,
 }
-_LEAKS_KEY = pytest.StashKey[list[Report]]()
+Lost = Union[Report, Suppressed]
+_LEAKS_KEY = pytest.StashKey[list[Lost]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,7 +85,7 @@ class _Allowance:
     coroutine: Optional[str]
     left: Optional[int]
 
-    def takes(self, report: Report) -> bool:
+    def takes(self, report: Lost) -> bool:
         if self.left is not None and self.left <= 0:
             return False
         if self.kind is not None and report.kind != self.kind:
@@ -121,9 +122,17 @@ def _is_runner(frame: str) -> bool:
     return any(part in frame for part in ("/_pytest/", "/pluggy/", "\\_pytest\\", "\\pluggy\\"))
 
 
-def describe(reports: list[Report]) -> str:
-    """The failure text: each lost task with its creation site and traceback."""
-    lines = [f"asyncio-agent: {len(reports)} task(s) lost during this test"]
+def describe(lost: list[Lost]) -> str:
+    """The failure text: each lost task with its creation site and traceback.
+
+    Tasks the rate limit held back (ASYNCIO_AGENT_RATE_LIMIT) are counted by site.
+    """
+    reports = [report for report in lost if isinstance(report, Report)]
+    held_back: dict[tuple[Any, str], int] = {}
+    for item in lost:
+        if isinstance(item, Suppressed):
+            held_back[(item.site, item.kind)] = held_back.get((item.site, item.kind), 0) + 1
+    lines = [f"asyncio-agent: {len(lost)} task(s) lost during this test"]
     for number, report in enumerate(reports, start=1):
         kind = (
             "destroyed while pending"
@@ -149,11 +158,15 @@ def describe(reports: list[Report]) -> str:
                 report.traceback_text() or f"{report.exception_type}: {report.exception_message}\n"
             )
             lines.extend(f"    {line}" for line in text.rstrip("\n").splitlines())
-    short = "destroyed_pending" if reports[0].kind == DESTROYED_PENDING else "exception_unretrieved"
+    for (site, kind), count in held_back.items():
+        where = f"{site.filename}:{site.lineno} in {site.function}" if site else "unknown"
+        lines.append("")
+        lines.append(f"[+{count}] {kind}: more tasks created at {where} (rate-limited, not shown)")
+    first = lost[0]
+    short = "destroyed_pending" if first.kind == DESTROYED_PENDING else "exception_unretrieved"
     lines.append("")
     lines.append(
-        f"If this is expected: @pytest.mark.{MARK}(kind={short!r}, "
-        f"coroutine={reports[0].coroutine!r})"
+        f"If this is expected: @pytest.mark.{MARK}(kind={short!r}, coroutine={first.coroutine!r})"
     )
     return "\n".join(lines)
 
@@ -174,15 +187,15 @@ class AgentPlugin:
         installation = runtime.current()
         assert installation is not None
         self._reporter = installation.reporter
-        self._reports: list[Report] = []
-        self.outside: list[Report] = []
+        self._reports: list[Lost] = []
+        self.outside: list[Lost] = []
         self._reporter.add_listener(self._on_report)
 
-    def _on_report(self, report: Report) -> None:
+    def _on_report(self, report: Lost) -> None:
         # Reporter thread: one append, nothing else.
         self._reports.append(report)
 
-    def _take(self) -> list[Report]:
+    def _take(self) -> list[Lost]:
         from . import runtime
 
         # Two passes: a cycle's finalizer can free the next cycle.

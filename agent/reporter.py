@@ -7,6 +7,7 @@ Owns ``submit`` (finalizer-safe: no lock, no I/O, never blocks), the writer thre
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import itertools
 import os
@@ -18,8 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import Optional, Protocol, Union
 
 from .notices import warn_once
-from .ratelimit import RateLimiter
-from .report import Report
+from .ratelimit import RateLimiter, SuppressedCounts
+from .report import Report, Suppressed
 
 
 class Sink(Protocol):
@@ -51,6 +52,17 @@ class _Stop:
 _STOP = _Stop()
 
 
+class _Wake:
+    """Put on the queue when a held-back count arrives and the writer sleeps for good."""
+
+
+_WAKE = _Wake()
+
+HELD_BACK_PERIOD_S = 0.25
+"""How often the writer collects held-back counts while there are any (no wake-up per
+held-back report: in a flood, a wake-up per report would cost more than the report)."""
+
+
 class _Call:
     """A job to run in the writer thread (snapshots: they write through the sinks)."""
 
@@ -60,16 +72,21 @@ class _Call:
         self.function = function
 
 
-_Item = Union[Report, _FlushMarker, _Stop, _Call]
+_Item = Union[Report, Suppressed, _FlushMarker, _Stop, _Call, _Wake]
+Listener = Callable[[Union[Report, Suppressed]], None]
 
 
 class Reporter:
     """Moves reports from finalizers to sinks without ever blocking a finalizer."""
 
-    def __init__(self, sinks: Sequence[Sink], queue_size: int, rate_limit: int = 0) -> None:
+    def __init__(
+        self, sinks: Sequence[Sink], queue_size: int, limiter: Optional[RateLimiter] = None
+    ) -> None:
         self._sinks = list(sinks)
-        # Applied here in the writer thread, never in the finalizer (it reads a clock).
-        self._limiter = RateLimiter(rate_limit)
+        # The finalizers' rate limit: lifted at exit, when reports are written in place.
+        self._limiter = limiter
+        # What the rate limit held back (decided in the finalizer), added up here.
+        self._suppressed = SuppressedCounts()
         self._capacity = queue_size
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._drop_counter = itertools.count(1)
@@ -81,17 +98,37 @@ class Reporter:
         self._inline = False
         self._closed = False
         # Called with every report in the writer thread (the pytest plugin's way in).
-        self._listeners: list[Callable[[Report], None]] = []
+        self._listeners: list[Listener] = []
+        # The flush that timed out (a sink stuck writing): later flushes do not wait
+        # again until the writer has got past it, so exit never waits twice on it.
+        self._late_flush: Optional[_FlushMarker] = None
+        # Reports the rate limit held back, waiting to be counted: appended by
+        # finalizers (deque.append is atomic), collected by the writer periodically.
+        self._held_back: collections.deque[Suppressed] = collections.deque()
+        self._idle = False  # the writer waits with no time-out: a held-back count wakes it
         _live_reporters.add(self)
 
     # -- finalizer side --------------------------------------------------------
 
-    def submit(self, report: Report) -> None:
+    def submit(self, report: Union[Report, Suppressed]) -> None:
         """Queue ``report``; safe inside ``__del__``. Drops and counts when full."""
         if self._closed:
             return
         if self._inline:
             self._write(report)
+            return
+        if type(report) is Suppressed:
+            held = self._held_back
+            if len(held) >= self._capacity:
+                self._dropped = next(self._drop_counter)
+                return
+            held.append(report)
+            # Appended first, read second (the writer does the opposite): either the
+            # writer sees this count when it decides how long to sleep, or we see it
+            # idle and wake it.
+            if self._idle:
+                self._idle = False
+                self._queue.put(_WAKE)
             return
         # SimpleQueue.put is reentrant (documented safe in __del__); qsize takes no lock.
         if self._queue.qsize() >= self._capacity:
@@ -101,22 +138,20 @@ class Reporter:
 
     # -- application side ------------------------------------------------------
 
-    def add_listener(self, listener: Callable[[Report], None]) -> None:
-        """Also hand every report to ``listener`` (in the writer thread; must not block)."""
+    def add_listener(self, listener: Listener) -> None:
+        """Also hand every report to ``listener``, and every :class:`Suppressed` count
+        (in the writer thread; must not block)."""
         self._listeners = [*self._listeners, listener]
 
-    def remove_listener(self, listener: Callable[[Report], None]) -> None:
+    def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
         self._listeners = [known for known in self._listeners if known is not listener]
 
     def call_soon(self, function: Callable[[], None]) -> None:
         """Run ``function`` in the writer thread, after what is queued; safe in a
-        signal handler (one reentrant ``put``). Run in place once writing is inline."""
-        if self._closed:
-            return
-        if self._inline:
-            with contextlib.suppress(Exception):
-                function()
+        signal handler (one reentrant ``put``). Dropped once the exit flush has begun:
+        running it in place could re-enter a write that the signal interrupted."""
+        if self._closed or self._inline:
             return
         self._queue.put(_Call(function))
 
@@ -138,24 +173,34 @@ class Reporter:
             self._drain()
             self._flush_exports()
             return True
+        late = self._late_flush
+        if late is not None and not late.done.is_set():
+            return False  # still stuck where the last flush gave up: do not wait again
         marker = _FlushMarker()
         self._queue.put(marker)
-        return marker.done.wait(timeout)
+        if marker.done.wait(timeout):
+            return True
+        self._late_flush = marker
+        return False
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush, stop the thread, and write any later report in place."""
         if self._closed:
             return
-        self.flush(timeout)
+        flushed = self.flush(timeout)
         if self._thread is not None:
             # Tasks still alive are destroyed during interpreter teardown, when nothing
             # can be imported any more: sinks get ready to write without importing.
             self._each_sink("prepare")
         self._inline = True
+        if self._limiter is not None:
+            # From now on each report is written in place, in full: no count held back
+            # could be said after the last finalizer of the interpreter's teardown.
+            self._limiter.limit = 0
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._queue.put(_STOP)
-            thread.join(timeout)
+            thread.join(timeout if flushed else 0.1)
             if thread.is_alive():
                 return  # a sink is stuck: never hang the exiting program on it
         self._drain()
@@ -176,20 +221,36 @@ class Reporter:
 
     def _run(self) -> None:
         while True:
-            if self._limiter.pending:
-                # Suppressed counts are said within a second even if nothing follows.
+            self._idle = True
+            if self._held_back or self._suppressed.pending:
+                # Held-back counts are collected every HELD_BACK_PERIOD_S and said
+                # within a second even if nothing else comes.
+                self._idle = False
                 try:
-                    item = self._queue.get(timeout=1.0)
+                    item = self._queue.get(timeout=HELD_BACK_PERIOD_S)
                 except queue.Empty:
-                    self._say_suppressed(force=True)
+                    self._collect_held_back()
+                    self._say_suppressed(force=not self._held_back)
                     continue
             else:
                 item = self._queue.get()
+            self._idle = False
             if isinstance(item, _Stop):
                 return
             self._handle(item)
 
+    def _collect_held_back(self) -> None:
+        held = self._held_back
+        listeners = self._listeners
+        while held:
+            token = held.popleft()
+            self._suppressed.add(token)
+            for listener in listeners:
+                with contextlib.suppress(Exception):
+                    listener(token)
+
     def _drain(self) -> None:
+        self._collect_held_back()
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -199,7 +260,11 @@ class Reporter:
                 self._handle(item)
 
     def _handle(self, item: _Item) -> None:
+        if isinstance(item, _Wake):
+            self._collect_held_back()
+            return
         if isinstance(item, _FlushMarker):
+            self._collect_held_back()
             self._say_dropped()
             self._say_suppressed(force=True)
             self._flush_exports()
@@ -215,13 +280,18 @@ class Reporter:
             for listener in self._listeners:
                 with contextlib.suppress(Exception):
                     listener(item)
-            if self._limiter.allow(item):
-                self._write(item)
+            self._write(item)
+            self._collect_held_back()
             self._say_suppressed(force=False)
         if self._queue.empty():
             self._say_dropped()
 
-    def _write(self, report: Report) -> None:
+    def _write(self, report: Union[Report, Suppressed]) -> None:
+        if isinstance(report, Suppressed):
+            # Only in place, at exit, for a report held back just before the limit was
+            # lifted: said at once, since nothing runs after the last finalizer.
+            self._each_sink("emit_suppressed", report.site, report.kind, 1, report.at_shutdown)
+            return
         for sink in self._sinks:
             try:
                 sink.emit(report)
@@ -247,8 +317,8 @@ class Reporter:
         self._each_sink("flush_exports")
 
     def _say_suppressed(self, force: bool) -> None:
-        for site, kind, count in self._limiter.take_suppressed(force):
-            self._each_sink("emit_suppressed", site, kind, count)
+        for (site, kind, at_shutdown), count in self._suppressed.take(force):
+            self._each_sink("emit_suppressed", site, kind, count, at_shutdown)
 
     def _say_dropped(self) -> None:
         dropped = self._dropped
@@ -266,6 +336,9 @@ class Reporter:
         # "was it started" is the question, not "is it alive".
         was_running = self._thread is not None
         self._queue = queue.SimpleQueue()
+        self._held_back = collections.deque()
+        self._suppressed = SuppressedCounts()
+        self._idle = False
         self._dropped_said = self._dropped
         self._thread = None
         if was_running and not self._inline and not self._closed:

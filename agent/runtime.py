@@ -17,6 +17,7 @@ from typing import Any, Optional
 from .config import Settings, load_settings
 from .importhook import PostImportHook
 from .privacy import redacting
+from .ratelimit import RateLimiter
 from .reporter import Reporter
 from .sinks.events import EventSink
 from .sinks.otel import OtelSink
@@ -39,8 +40,10 @@ class Installation:
         self.event_sink = EventSink(settings)
         # Spans and metrics; inert (imports nothing) unless OpenTelemetry is in use.
         self.otel_sink = OtelSink(os.environ)
+        # Asked inside the finalizer, before a report is built (see agent.ratelimit).
+        self.limiter = RateLimiter(settings.rate_limit)
         self.reporter = Reporter(
-            [self.event_sink, self.otel_sink], settings.queue_size, rate_limit=settings.rate_limit
+            [self.event_sink, self.otel_sink], settings.queue_size, self.limiter
         )
         self.recorder = SiteRecorder(
             settings.stack_depth, settings.skip_modules, speedups=settings.speedups
@@ -48,7 +51,7 @@ class Installation:
         self.span_switch = SpanProbeSwitch(self.recorder)
         # Redaction runs in the finalizer, so the message never reaches the queue.
         submit = redacting(self.reporter.submit) if settings.redact else self.reporter.submit
-        self.patcher = LoopPatcher(self.recorder, submit)
+        self.patcher = LoopPatcher(self.recorder, submit, self.limiter.admit)
         # Snapshot dumps (signal / timer) exist only when a setting asks for them.
         self.dumper: Any = None
         if settings.dump_signal or settings.snapshot_interval:
@@ -59,6 +62,7 @@ class Installation:
             {
                 "asyncio": self._asyncio_imported,
                 "uvloop": self._uvloop_imported,
+                "structlog": self._structlog_imported,
                 TRACE_MODULE: self._otel_imported,
                 "opentelemetry.metrics": self._otel_imported,
             }
@@ -75,6 +79,8 @@ class Installation:
             self.event_sink.warm_up()
         self.reporter.start()
         self.otel_sink.start()
+        if self.dumper is not None:
+            self.dumper.start_timer()  # periodic snapshots only where asyncio is used
         if gc.isenabled() and _young_collections() > collections_before:
             # The import ran the collector, so every young object of the program's was
             # collected or promoted already: what is young now is the import's own.
@@ -82,6 +88,11 @@ class Installation:
             # next automatic collection, instead of a remainder near the threshold
             # that would make that collection (and a lost task's end) come sooner.
             gc.collect(0)
+
+    def _structlog_imported(self, module: ModuleType) -> None:
+        # structlog imports asyncio while it is being imported: the warm-up at asyncio's
+        # import found it incomplete, and builds the logger now that it is complete.
+        self.event_sink.warm_up()
 
     def _otel_imported(self, module: ModuleType) -> None:
         if module.__name__ == TRACE_MODULE:
@@ -97,7 +108,7 @@ class Installation:
         # With OTEL_*_EXPORTER set, the SDK is imported in the background from now on.
         self.otel_sink.start()
         if self.dumper is not None:
-            self.dumper.start()
+            self.dumper.install_signal_handler()
         running = _running_loop()
         if running is not None:
             self.instrument_loop(running)

@@ -84,11 +84,15 @@ class SnapshotDumper:
 
     # -- application side ------------------------------------------------------
 
-    def start(self) -> None:
-        """Install the signal handler and start the timer, as the settings ask."""
+    def install_signal_handler(self) -> None:
+        """Install the signal handler, if the settings ask for one (at install)."""
         if self._signal_name:
             self._install_handler()
-        if self._interval > 0:
+
+    def start_timer(self) -> None:
+        """Start the interval timer, if the settings ask for one (once asyncio is
+        imported: a program that never imports asyncio gets no snapshot events)."""
+        if self._interval > 0 and self._thread is None and not self._stop.is_set():
             self._start_timer()
 
     def stop(self) -> None:

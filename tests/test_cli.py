@@ -138,13 +138,13 @@ def test_report_groups_events_of_many_processes_and_counts_bad_lines(tmp_path: P
     table = agent_cli("report", *map(str, files), cwd=tmp_path)
     assert table.returncode == 0
     header = table.stdout.splitlines()[0]
-    assert header.split()[:3] == ["COUNT", "KIND", "CREATION"]
+    assert header.split()[:4] == ["COUNT", "RATE-LIMITED", "KIND", "CREATION"]
     assert f"app.py:{line_of(LEAKY, 'SITE-BOOM')} in main" in table.stdout
     assert "2 line(s) unreadable (truncated or not JSON)" in table.stdout
     assert "1 line(s) not from the agent (ignored)" in table.stdout
 
     markdown = agent_cli("report", *map(str, files), "--format", "markdown", cwd=tmp_path)
-    assert markdown.stdout.startswith("| Count | Kind | Creation Site |")
+    assert markdown.stdout.startswith("| Count | Rate-Limited | Kind | Creation Site |")
     assert markdown.stdout.count("\n| 2 |") == 2
 
 

@@ -527,3 +527,31 @@ def test_uninstall_switches_the_probe_off_and_restores_the_provider_setter(
     result = run(source)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "None", "True"]
+
+
+def test_anomaly_counter_counts_reports_the_rate_limit_held_back(run: Runner) -> None:
+    # 30 lost tasks from one line with a limit of 5 a second: 5 spans, but the counter
+    # counts every report CPython made.
+    source = (
+        PRELUDE
+        + """
+async def boom():
+    raise ValueError("lost work")
+
+async def main():
+    for _ in range(30):
+        asyncio.create_task(boom())  # SITE
+    await asyncio.sleep(0.01)
+    gc.collect()
+
+exporter, reader = setup()
+asyncio.run(main())
+dump(exporter, reader)
+"""
+    )
+    result = run(source, env={"ASYNCIO_AGENT_RATE_LIMIT": "5"})
+    data = exported(result)
+    assert len(data["spans"]) == 5
+    points = data["metrics"]["asyncio.task.anomalies"]
+    assert sum(p["value"] for p in points) == 30
+    assert {p["attributes"]["asyncio.event"] for p in points} == {UNRETRIEVED}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -455,3 +457,83 @@ def test_reports_never_written_from_the_finalizer_so_a_held_stream_lock_cannot_d
     pending = [e for e in events if e.get("event") == DESTROYED]
     assert len(pending) == result.stderr.count("Task was destroyed but it is pending!")
     assert len(pending) > 0
+
+
+# -- a flood of raising tasks: suppression decided first, counts that add up ---------
+
+RAISING_FLOOD = """
+import asyncio, gc, json, sys
+
+import asyncio_agent
+
+calls = 0
+
+
+class Refused(Exception):
+    def __str__(self):  # user code: the agent must call it only for reports it writes
+        global calls
+        calls += 1
+        return "refused"
+
+
+async def boom():
+    raise Refused()
+
+
+async def main():
+    # The program's own handler: CPython itself then runs no str() of the exception.
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: None)
+    for _ in range(int(sys.argv[1])):
+        asyncio.create_task(boom())  # FLOOD-SITE
+    await asyncio.sleep(0.01)
+    gc.collect()
+
+
+gc.disable()
+asyncio.run(main())
+print(json.dumps({"str_calls": calls, "flushed": asyncio_agent.flush(30)}))
+"""
+
+
+def test_a_flood_builds_reports_only_for_what_is_written_and_counts_the_rest(
+    run: Runner,
+) -> None:
+    result = run(RAISING_FLOOD, args=("3000",), env={"ASYNCIO_AGENT_RATE_LIMIT": "20"})
+    summary = last_json(result)
+    written = result.anomalies()
+    # A second or so of flood: 20 written per second, the rest counted, nothing built.
+    assert 20 <= len(written) <= 60
+    assert summary["str_calls"] == len(written)
+    assert accounted(result) == 3000
+    suppressed = result.of_kind(SUPPRESSED)
+    assert {(e["creation_line"], e["suppressed_event"]) for e in suppressed} == {
+        (line_of(RAISING_FLOOD, "FLOOD-SITE"), "asyncio.task.exception_unretrieved")
+    }
+
+
+def test_report_command_totals_equal_cpythons_reports(run: Runner) -> None:
+    # 3,000 lost tasks, a small queue and a rate limit: the report's total is still
+    # 3,000, split into written, counted by the rate limit, and dropped.
+    env = {"ASYNCIO_AGENT_RATE_LIMIT": "100", "ASYNCIO_AGENT_QUEUE_SIZE": "200"}
+    result = run(FLOOD, args=("3000",), env=env, timeout=60)
+    assert last_json(result)["counted"] == 3000
+    events = Path(result.folder) / "events.jsonl"
+    report = subprocess.run(
+        [sys.executable, "-m", "asyncio_agent", "report", str(events), "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    data = json.loads(report.stdout)
+    assert data["total"] == 3000 == accounted(result)
+    [group] = data["groups"]
+    assert group["count"] == group["written"] + group["suppressed"]
+    assert group["count"] + data["dropped"] == 3000
+    table = subprocess.run(
+        [sys.executable, "-m", "asyncio_agent", "report", str(events)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    assert table.splitlines()[1].split()[0] == str(group["count"])
+    assert f"3000 lost tasks reported by CPython: {group['written']} written as events" in table

@@ -2,6 +2,9 @@
 
 Owns reading JSON-lines event files and the table, JSON and Markdown renderings. Never
 fails on a bad line: truncated, foreign or unreadable lines are counted and reported.
+Every count is of reports CPython made: a site's count is its events written plus the
+reports the rate limit held back (``asyncio.agent.reports_suppressed`` counts); reports
+dropped because the agent's queue was full have no site and are counted apart.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ KINDS = {
     "asyncio.task.destroyed_pending": "destroyed pending",
     "asyncio.task.exception_unretrieved": "exception unretrieved",
 }
+SUPPRESSED_EVENT = "asyncio.agent.reports_suppressed"
+DROPPED_EVENT = "asyncio.agent.reports_dropped"
 
 
 @dataclass
@@ -27,13 +32,21 @@ class Group:
     creation_file: Optional[str]
     creation_line: Optional[int]
     creation_function: Optional[str]
-    count: int = 0
+    written: int = 0
+    """Events written for this site (each one report)."""
+    suppressed: int = 0
+    """Reports held back by the rate limit (from the reports_suppressed counts)."""
     first_seen: Optional[str] = None
     last_seen: Optional[str] = None
     example_exception: Optional[str] = None
     at_shutdown: int = 0
     coroutines: collections.Counter[str] = field(default_factory=collections.Counter)
     pids: set[int] = field(default_factory=set)
+
+    @property
+    def count(self) -> int:
+        """Reports CPython made for this site and kind: written plus held back."""
+        return self.written + self.suppressed
 
     @property
     def site(self) -> str:
@@ -43,7 +56,25 @@ class Group:
         return f"{self.creation_file}:{self.creation_line} in {self.creation_function}"
 
     def add(self, event: dict[str, Any]) -> None:
-        self.count += 1
+        """Add one written event."""
+        self.written += 1
+        self._seen(event, 1)
+        if self.example_exception is None and event.get("exception_type"):
+            message = event.get("exception_message")
+            self.example_exception = (
+                f"{event['exception_type']}: {message}" if message else str(event["exception_type"])
+            )
+        coroutine = event.get("coroutine")
+        if isinstance(coroutine, str):
+            self.coroutines[coroutine] += 1
+
+    def add_suppressed(self, event: dict[str, Any]) -> None:
+        """Add a ``reports_suppressed`` event: ``count`` reports held back."""
+        count = _count_of(event)
+        self.suppressed += count
+        self._seen(event, count)
+
+    def _seen(self, event: dict[str, Any], reports: int) -> None:
         stamp = event.get("timestamp")
         if isinstance(stamp, str):
             # ISO 8601 UTC with a fixed layout: text order is time order.
@@ -51,16 +82,8 @@ class Group:
                 self.first_seen = stamp
             if self.last_seen is None or stamp > self.last_seen:
                 self.last_seen = stamp
-        if self.example_exception is None and event.get("exception_type"):
-            message = event.get("exception_message")
-            self.example_exception = (
-                f"{event['exception_type']}: {message}" if message else str(event["exception_type"])
-            )
         if event.get("at_shutdown") is True:
-            self.at_shutdown += 1
-        coroutine = event.get("coroutine")
-        if isinstance(coroutine, str):
-            self.coroutines[coroutine] += 1
+            self.at_shutdown += reports
         pid = event.get("pid")
         if isinstance(pid, int):
             self.pids.add(pid)
@@ -73,6 +96,8 @@ class Group:
             "creation_line": self.creation_line,
             "creation_function": self.creation_function,
             "count": self.count,
+            "written": self.written,
+            "suppressed": self.suppressed,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
             "example_exception": self.example_exception,
@@ -93,6 +118,13 @@ class Summary:
     foreign_lines: int = 0
     other_events: collections.Counter[str] = field(default_factory=collections.Counter)
     missing_files: list[str] = field(default_factory=list)
+    dropped: int = 0
+    """Reports dropped because the agent's queue was full (their sites are unknown)."""
+
+    @property
+    def total(self) -> int:
+        """Every report CPython made that the files account for."""
+        return sum(group.count for group in self.groups) + self.dropped
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
@@ -103,6 +135,8 @@ class Summary:
             "unreadable_lines": self.unreadable_lines,
             "foreign_lines": self.foreign_lines,
             "other_events": dict(self.other_events),
+            "total": self.total,
+            "dropped": self.dropped,
             "groups": [group.to_dict() for group in self.groups],
         }
 
@@ -127,44 +161,68 @@ def summarize(paths: Iterable[str]) -> Summary:
             continue
         summary.files.append(path)
         for line in lines:
-            if not line.strip():
-                continue
-            summary.lines += 1
-            try:
-                event = json.loads(line)
-            except ValueError:
-                summary.unreadable_lines += 1  # truncated (a killed process) or not JSON
-                continue
-            name = event.get("event") if isinstance(event, dict) else None
-            if not isinstance(name, str):
-                summary.foreign_lines += 1
-                continue
-            if name not in KINDS:
-                if name.startswith("asyncio."):
-                    summary.other_events[name] += 1
-                else:
-                    summary.foreign_lines += 1
-                continue
-            line_no = event.get("creation_line")
-            key = (
-                name,
-                _text(event.get("creation_file")),
-                line_no if isinstance(line_no, int) else None,
-                _text(event.get("creation_function")),
-            )
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = Group(*key)
-            group.add(event)
+            if line.strip():
+                summary.lines += 1
+                _read_line(line, summary, groups)
     summary.groups = sorted(groups.values(), key=lambda g: (-g.count, g.site, g.kind))
     return summary
+
+
+def _count_of(event: dict[str, Any]) -> int:
+    count = event.get("count")
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
+
+def _read_line(line: str, summary: Summary, groups: dict[tuple[Any, ...], Group]) -> None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        summary.unreadable_lines += 1  # truncated (a killed process) or not JSON
+        return
+    name = event.get("event") if isinstance(event, dict) else None
+    if not isinstance(name, str):
+        summary.foreign_lines += 1
+        return
+    if name == DROPPED_EVENT:
+        summary.dropped += _count_of(event)
+        return
+    suppressed = name == SUPPRESSED_EVENT and event.get("suppressed_event") in KINDS
+    if name not in KINDS and not suppressed:
+        if name.startswith("asyncio."):
+            summary.other_events[name] += 1
+        else:
+            summary.foreign_lines += 1
+        return
+    line_no = event.get("creation_line")
+    key = (
+        event["suppressed_event"] if suppressed else name,
+        _text(event.get("creation_file")),
+        line_no if isinstance(line_no, int) else None,
+        _text(event.get("creation_function")),
+    )
+    group = groups.get(key)
+    if group is None:
+        group = groups[key] = Group(*key)
+    if suppressed:
+        group.add_suppressed(event)
+    else:
+        group.add(event)
 
 
 def _text(value: object) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-_COLUMNS = ("COUNT", "KIND", "CREATION SITE", "FIRST SEEN", "LAST SEEN", "PIDS", "EXAMPLE")
+_COLUMNS = (
+    "COUNT",
+    "RATE-LIMITED",
+    "KIND",
+    "CREATION SITE",
+    "FIRST SEEN",
+    "LAST SEEN",
+    "PIDS",
+    "EXAMPLE",
+)
 
 
 def _rows(summary: Summary) -> list[tuple[str, ...]]:
@@ -180,6 +238,7 @@ def _rows(summary: Summary) -> list[tuple[str, ...]]:
         rows.append(
             (
                 str(group.count),
+                str(group.suppressed) if group.suppressed else "",
                 KINDS[group.kind],
                 group.site,
                 group.first_seen or "",
@@ -192,10 +251,13 @@ def _rows(summary: Summary) -> list[tuple[str, ...]]:
 
 
 def _footer(summary: Summary) -> list[str]:
-    total = sum(group.count for group in summary.groups)
+    written = sum(group.written for group in summary.groups)
+    suppressed = sum(group.suppressed for group in summary.groups)
     lines = [
-        f"{total} task events in {len(summary.groups)} groups, from {len(summary.files)} "
-        f"file(s), {summary.lines} lines"
+        f"{summary.total} lost tasks reported by CPython: {written} written as events, "
+        f"{suppressed} counted by the rate limit, {summary.dropped} dropped (queue full, "
+        f"site unknown); {len(summary.groups)} groups, from {len(summary.files)} file(s), "
+        f"{summary.lines} lines"
     ]
     if summary.unreadable_lines:
         lines.append(f"{summary.unreadable_lines} line(s) unreadable (truncated or not JSON)")
@@ -215,7 +277,7 @@ def render_table(summary: Summary) -> str:
     out = []
     for row in [_COLUMNS, *rows]:
         cells = [
-            cell.rjust(widths[0]) if i == 0 else cell.ljust(widths[i]) for i, cell in enumerate(row)
+            cell.rjust(widths[i]) if i < 2 else cell.ljust(widths[i]) for i, cell in enumerate(row)
         ]
         out.append("  ".join(cells).rstrip())
     if not rows:
@@ -230,11 +292,11 @@ def render_markdown(summary: Summary) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
     out = ["| " + " | ".join(c.title() if c != "PIDS" else "PIDs" for c in _COLUMNS) + " |"]
-    out.append("|" + "|".join("---:" if i == 0 else "---" for i in range(len(_COLUMNS))) + "|")
+    out.append("|" + "|".join("---:" if i < 2 else "---" for i in range(len(_COLUMNS))) + "|")
     for row in _rows(summary):
         out.append(
             "| "
-            + " | ".join(f"`{cell(c)}`" if i == 2 else cell(c) for i, c in enumerate(row))
+            + " | ".join(f"`{cell(c)}`" if i == 3 else cell(c) for i, c in enumerate(row))
             + " |"
         )
     return "\n".join([*out, "", *(f"_{line}_  " for line in _footer(summary))]) + "\n"

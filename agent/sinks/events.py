@@ -1,9 +1,10 @@
 """The structured-event sink: each Report as one structlog event (JSON line or console).
 
-Owns the event field names of the contract and the output stream. Runs in the reporter
-thread; imports structlog in ``warm_up()`` (when asyncio is imported) or on first use,
-never at exit. Never touches the application's structlog configuration: it builds its
-own logger with its own processors.
+Owns the event field names of the contract and the output stream. Writes in the reporter
+thread (or at exit) and never imports there: structlog is imported only by ``warm_up()``,
+when the program imports asyncio; until then events are written as the same JSON (or
+console) lines without it. Never touches the application's structlog configuration: it
+builds its own logger with its own processors.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Optional, TextIO
@@ -100,44 +100,28 @@ def _console_blocks(_logger: Any, _method: str, event_dict: dict[str, Any]) -> d
     return event_dict
 
 
-class _ImportGuard:
-    """Keeps ``os.fork()`` from copying a half-imported structlog into the child.
+class _PlainLogger:
+    """Stands in for structlog while it is not loaded (before the program imports
+    asyncio, and at exit): the same fields in the same order, imports nothing."""
 
-    The reporter thread imports structlog lazily; a fork in another thread during that
-    import would leave the child a partial module. Fork waits for the import instead.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-
-    def before_fork(self) -> None:
-        self.lock.acquire()
-
-    def after_fork_in_parent(self) -> None:
-        self.lock.release()
-
-    def after_fork_in_child(self) -> None:
-        self.lock = threading.Lock()
-
-
-_import_guard = _ImportGuard()
-os.register_at_fork(
-    before=_import_guard.before_fork,
-    after_in_parent=_import_guard.after_fork_in_parent,
-    after_in_child=_import_guard.after_fork_in_child,
-)
-
-
-class _PlainJsonLogger:
-    """Stands in for structlog at exit: the same fields and order, as one JSON line."""
-
-    def __init__(self, write: Callable[[str], None]) -> None:
+    def __init__(self, write: Callable[[str], None], console: bool) -> None:
         self._write = write
+        self._console = console
 
     def _log(self, level: str, event: str, **fields: Any) -> None:
         event_dict = {**fields, "event": event, "level": level}
         event_dict = _leading_keys_first(None, level, _add_timestamp(None, level, event_dict))
-        self._write(json.dumps(event_dict, default=repr) + "\n")
+        if not self._console:
+            self._write(json.dumps(event_dict, default=repr) + "\n")
+            return
+        block = _console_blocks(None, level, event_dict).pop("exception", "")
+        head = f"{event_dict.pop('timestamp')} [{event_dict.pop('level'):<9}] "
+        head += f"{event_dict.pop('event'):<30}"
+        pairs = " ".join(
+            f"{key}={value if isinstance(value, str) else repr(value)}"
+            for key, value in event_dict.items()
+        )
+        self._write(f"{head} {pairs}".rstrip() + "\n" + block)
 
     def error(self, event: str, **fields: Any) -> None:
         self._log("error", event, **fields)
@@ -189,7 +173,8 @@ class EventSink:
                 self._stream_name = "stderr"
             else:
                 self._format = "json"  # a file is always JSON lines
-        self._logger: Any = None
+        self._logger: Any = None  # structlog's, once built (never on the output path)
+        self._plain = _PlainLogger(self._write_line, console=self._format == "console")
 
     @property
     def description(self) -> str:
@@ -268,49 +253,61 @@ class EventSink:
             )
 
     def warm_up(self) -> None:
-        """Import structlog and build the logger now (called when asyncio is imported)."""
-        self._bound_logger()
+        """Import structlog and build the logger now.
+
+        Called when the program imports asyncio (in the importing thread, before any task
+        exists) and when structlog finishes importing. The only place structlog is ever
+        imported: writing an event never imports anything, since an import there can
+        re-enter the agent (structlog imports asyncio, whose import hook calls this).
+        """
+        if self._logger is not None:
+            return
+        try:
+            import structlog
+
+            self._logger = self._build_logger(structlog)
+        except Exception:
+            # Not installed, or still being imported (structlog's own import imports
+            # asyncio, which brings us here): events stay plain until it is complete.
+            pass
 
     def prepare(self) -> None:
         """Get ready for reports written during interpreter exit, importing nothing.
 
-        If structlog is loaded, the logger is built now. If not, later events are
-        rendered as plain JSON lines: importing at exit fails once teardown starts, and
-        even before that it can change the exit status (importing ``dataclasses`` or
-        ``platform`` in an exit handler turns an unhandled KeyboardInterrupt's -2 into 1).
+        If structlog is loaded, its logger is built now; if not, later events are plain
+        JSON lines (or console lines), the same fields in the same order.
         """
-        if self._logger is not None:
-            return
-        if "structlog" in sys.modules:
-            self._bound_logger()
+        structlog = sys.modules.get("structlog")
+        if self._logger is None and structlog is not None:
+            try:
+                self._logger = self._build_logger(structlog)
+            except Exception:
+                pass
+
+    def _logger_now(self) -> Any:
+        logger = self._logger
+        return logger if logger is not None else self._plain
+
+    def _build_logger(self, structlog: Any) -> Any:
+        renderer: Any
+        if self._format == "console":
+            stream = self._stream()
+            colors = bool(stream is not None and stream.isatty())
+            renderer = structlog.dev.ConsoleRenderer(colors=colors)
+            processors: list[Any] = [
+                structlog.processors.add_log_level,
+                _add_timestamp,
+                _console_blocks,
+                renderer,
+            ]
         else:
-            self._logger = _PlainJsonLogger(self._write_line)
-
-    def _bound_logger(self) -> Any:
-        if self._logger is None:
-            with _import_guard.lock:
-                import structlog
-
-            renderer: Any
-            if self._format == "console":
-                stream = self._stream()
-                colors = bool(stream is not None and stream.isatty())
-                renderer = structlog.dev.ConsoleRenderer(colors=colors)
-                processors: list[Any] = [
-                    structlog.processors.add_log_level,
-                    _add_timestamp,
-                    _console_blocks,
-                    renderer,
-                ]
-            else:
-                processors = [
-                    structlog.processors.add_log_level,
-                    _add_timestamp,
-                    _leading_keys_first,
-                    structlog.processors.JSONRenderer(),
-                ]
-            self._logger = structlog.BoundLogger(_LineWriter(self._write_line), processors, {})
-        return self._logger
+            processors = [
+                structlog.processors.add_log_level,
+                _add_timestamp,
+                _leading_keys_first,
+                structlog.processors.JSONRenderer(),
+            ]
+        return structlog.BoundLogger(_LineWriter(self._write_line), processors, {})
 
     def close(self) -> None:
         """Close the output file, if there is one (used by uninstall)."""
@@ -323,30 +320,34 @@ class EventSink:
 
     def emit(self, report: Report) -> None:
         """Write ``report`` as one event named after its kind."""
-        self._bound_logger().error(report.kind, **report_fields(report, self._paths))
+        self._logger_now().error(report.kind, **report_fields(report, self._paths))
 
     def emit_dropped(self, count: int) -> None:
         """Write one ``asyncio.agent.reports_dropped`` event."""
-        self._bound_logger().warning(DROPPED_EVENT, count=count, pid=os.getpid())
+        self._logger_now().warning(DROPPED_EVENT, count=count, pid=os.getpid())
 
     def emit_snapshot(self, fields: dict[str, Any], growing: list[dict[str, Any]]) -> None:
         """Write one ``asyncio.tasks.snapshot`` event (live tasks by site, see
         :mod:`asyncio_agent.snapshot`), then ``asyncio.tasks.growing`` if some sites keep
         growing."""
-        logger = self._bound_logger()
+        logger = self._logger_now()
         logger.info(SNAPSHOT_EVENT, **fields, growing=growing)
         if growing:
             logger.warning(GROWING_EVENT, sites=growing, pid=fields.get("pid"))
 
-    def emit_suppressed(self, site: Optional[Site], kind: str, count: int) -> None:
+    def emit_suppressed(
+        self, site: Optional[Site], kind: str, count: int, at_shutdown: bool = False
+    ) -> None:
         """Write one ``asyncio.agent.reports_suppressed`` event: ``count`` reports of
-        ``kind`` from ``site`` held back by the rate limit."""
-        self._bound_logger().warning(
+        ``kind`` from ``site`` held back by the rate limit (each one a report CPython
+        made, like a written event)."""
+        self._logger_now().warning(
             SUPPRESSED_EVENT,
             count=count,
             suppressed_event=kind,
             creation_file=self._paths.path(site.filename) if site else None,
             creation_line=site.lineno if site else None,
             creation_function=site.function if site else None,
+            at_shutdown=at_shutdown,
             pid=os.getpid(),
         )

@@ -12,11 +12,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Optional
 
 from .. import otelenv
 from ..notices import warn_once
 from ..report import EXCEPTION_UNRETRIEVED, Report
+from ..sites import Site
 from ..tracing import is_real_provider, unpack
 
 SCOPE = "asyncio-agent"
@@ -265,7 +266,8 @@ class OtelSink:
                 else:
                     self._end_span_bounded(tracer, report)
             if self._counter is not None:
-                self._counter.add(1, self._metric_attributes(report))
+                attributes = self._metric_attributes(report.site, report.kind, report.at_shutdown)
+                self._counter.add(1, attributes)
 
     def _end_span_bounded(self, tracer: Any, report: Report) -> None:
         # The application's span processor may export inside span.end() (a
@@ -338,8 +340,9 @@ class OtelSink:
         span.set_status(trace.Status(trace.StatusCode.ERROR, description))
         span.end(end_time=end_ns)
 
-    def _metric_attributes(self, report: Report) -> dict[str, Any]:
-        site = report.site
+    def _metric_attributes(
+        self, site: Optional[Site], kind: str, at_shutdown: bool
+    ) -> dict[str, Any]:
         key = f"{site.filename}:{site.lineno}" if site else "unknown"
         value = self._sites.get(key)
         if value is None:
@@ -347,10 +350,21 @@ class OtelSink:
             if value != OTHER_SITE:
                 self._sites[key] = value
         return {
-            "asyncio.event": report.kind,
+            "asyncio.event": kind,
             "asyncio.task.site": value,
-            "asyncio.at_shutdown": report.at_shutdown,
+            "asyncio.at_shutdown": at_shutdown,
         }
+
+    def emit_suppressed(
+        self, site: Optional[Site], kind: str, count: int, at_shutdown: bool = False
+    ) -> None:
+        """Count reports the rate limit held back in the anomalies metric (no spans)."""
+        if self._closed or not self._wanted():
+            return
+        with self._lock:
+            self._resolve()
+            if self._counter is not None:
+                self._counter.add(count, self._metric_attributes(site, kind, at_shutdown))
 
     def emit_dropped(self, count: int) -> None:
         """Dropped reports are already said by the event sink."""
