@@ -555,3 +555,13 @@ dump(exporter, reader)
     points = data["metrics"]["asyncio.task.anomalies"]
     assert sum(p["value"] for p in points) == 30
     assert {p["attributes"]["asyncio.event"] for p in points} == {UNRETRIEVED}
+
+
+def test_redacted_reports_put_no_message_in_spans(run: Runner) -> None:
+    # The message is made at run time: source lines stay in tracebacks (code, not data).
+    source = REQUEST.replace('ValueError("lost work")', 'ValueError("-".join(["4111"] * 4))')
+    data = exported(run(source, env={"ASYNCIO_AGENT_REDACT": "1"}))
+    text = json.dumps(data["spans"])
+    assert "4111-4111" not in text
+    [span] = [s for s in data["spans"] if s["name"] == UNRETRIEVED]
+    assert span["status"]["description"] == "ValueError: ValueError"
