@@ -51,7 +51,7 @@ class Settings(NamedTuple):
     snapshot_interval: float = 0.0
     """Seconds between task snapshot events; 0 = off."""
     speedups: bool = True
-    """Use the compiled hot path (``asyncio_agent._speedups``) where it was built; ``False``
+    """Use the compiled hot path (``asyncio_agent.interp._speedups``) where it was built; ``False``
     runs the same logic in Python."""
 
 
@@ -69,8 +69,9 @@ _ENV_FIELDS = {
     "SNAPSHOT_INTERVAL": "snapshot_interval",
     "SPEEDUPS": "speedups",
 }
-# Names that are read elsewhere (activation) and so are not unknown.
-_OTHER_KNOWN = frozenset({ENV_PREFIX})
+# Names that are read elsewhere, and so are not unknown: activation, and the development
+# setting that simulates another interpreter's shape (agent.interp.shape).
+_OTHER_KNOWN = frozenset({ENV_PREFIX, "ASYNCIO_AGENT_INTERP_SHAPE"})
 
 
 def is_enabled(environ: Mapping[str, str]) -> bool:

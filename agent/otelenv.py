@@ -94,6 +94,7 @@ class ExportProblems:
     def __init__(self) -> None:
         self.first: Optional[str] = None
         self.count = 0
+        self._loggers: list[Any] = []
 
     def filter(self, record: Any) -> bool:
         """False (drop) for warnings and errors, which are summed up in one warning."""
@@ -108,18 +109,19 @@ class ExportProblems:
         return False
 
     def attach(self) -> None:
-        """Add the filter to the SDK's exporter loggers."""
+        """Add the filter to the SDK's exporter loggers (while the SDK is being set up)."""
         import logging
 
         for name in _EXPORT_LOGGERS:
-            logging.getLogger(name).addFilter(self)
+            logger = logging.getLogger(name)
+            logger.addFilter(self)
+            self._loggers.append(logger)
 
     def detach(self) -> None:
-        """Remove the filter again."""
-        import logging
-
-        for name in _EXPORT_LOGGERS:
-            logging.getLogger(name).removeFilter(self)
+        """Remove the filter again (after our providers shut down; imports nothing)."""
+        loggers, self._loggers = self._loggers, []
+        for logger in loggers:
+            logger.removeFilter(self)
 
 
 class SpanDelivery:

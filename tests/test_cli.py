@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
-from conftest import DESTROYED, REPO, UNRETRIEVED, clean_environment, line_of
+from conftest import DESTROYED, REPO, SHAPE_314, UNRETRIEVED, clean_environment, line_of
 
 LEAKY = """
 import asyncio, gc, sys
@@ -179,7 +179,12 @@ def test_doctor_shows_activation_settings_warnings_and_features(tmp_path: Path) 
     features = facts["features"]
     assert features["task_group"] is (sys.version_info >= (3, 11))
     assert features["eager_tasks"] is (sys.version_info >= (3, 12))
-    assert features["live_task_registry"].startswith("asyncio.tasks.")
+    capabilities = features["capabilities"]
+    if SHAPE_314:
+        assert capabilities["live_tasks_complete"] is False
+        assert "pending only" in capabilities["live_tasks"]
+    else:
+        assert capabilities["live_tasks"].startswith("asyncio.tasks.")
     assert features["hot_path"].startswith(("compiled", "Python ("))
 
     text = agent_cli(

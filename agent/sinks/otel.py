@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Optional
 
 from .. import otelenv
@@ -19,10 +19,13 @@ from ..notices import warn_once
 from ..report import EXCEPTION_UNRETRIEVED, Report
 from ..sites import Site
 from ..tracing import is_real_provider, unpack
+from .base import Sink
 
 SCOPE = "asyncio-agent"
 ANOMALIES_METRIC = "asyncio.task.anomalies"
 LIVE_METRIC = "asyncio.task.live"
+LIVE_SCOPE_ATTRIBUTE = "asyncio.tasks.listed"
+"""On the live-task gauge: ``all`` (every task not yet collected) or ``pending``."""
 MAX_SITE_VALUES = 100
 """Distinct creation sites given their own metric attribute value; the rest are ``other``."""
 OTHER_SITE = "other"
@@ -51,29 +54,12 @@ def span_attributes(report: Report) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _live_task_count() -> int:
-    # Tasks the process still holds (not yet garbage-collected), all loops and threads:
-    # the sizes of asyncio's own registries, read when the metric is collected, so
-    # task creation does no counting work at all.
-    tasks = sys.modules.get("asyncio.tasks")
-    count = 0
-    # 3.12+: _scheduled_tasks and _eager_tasks; 3.10 and 3.11: _all_tasks.
-    for name in ("_scheduled_tasks", "_eager_tasks", "_all_tasks"):
-        registry = getattr(tasks, name, None)
-        if registry is not None:
-            try:
-                count += len(registry)
-            except Exception:
-                pass
-    return count
-
-
 def _is_real_meter_provider(provider: object) -> bool:
     name = type(provider).__name__
     return provider is not None and name not in ("_ProxyMeterProvider", "NoOpMeterProvider")
 
 
-class OtelSink:
+class OtelSink(Sink):
     """Emits anomalies as spans and metrics through the application's or its own providers."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
@@ -97,9 +83,9 @@ class OtelSink:
         self._problems = otelenv.ExportProblems()
         self._bounded = otelenv.BoundedRunner()
         self.delivery = otelenv.SpanDelivery()
-        self.dropped_after_close = 0
-        self.skipped_spans = 0
-        """Anomaly spans not made because the exporter was stuck in an earlier call."""
+        self.live_tasks: Callable[[], tuple[int, bool]] = lambda: (0, True)
+        """How many tasks are alive, and whether that is all of them (set by the
+        installation: agent.interp knows how to count them here)."""
 
     # -- when to wake up -----------------------------------------------------------
 
@@ -239,32 +225,30 @@ class OtelSink:
         )
 
         def observe_live(_options: Any) -> Iterator[Any]:
-            yield observation(_live_task_count())
+            count, complete = self.live_tasks()
+            # Where the interpreter lists only pending tasks (3.14+), the value says so.
+            yield observation(count, {LIVE_SCOPE_ATTRIBUTE: "all" if complete else "pending"})
 
         meter.create_observable_gauge(
             LIVE_METRIC,
             callbacks=[observe_live],
             unit="{task}",
-            description="asyncio tasks alive in the process (not yet garbage-collected)",
+            description="asyncio tasks alive in the process (not yet garbage-collected); "
+            f"{LIVE_SCOPE_ATTRIBUTE}=pending where only pending tasks can be listed",
         )
 
     # -- reports ---------------------------------------------------------------------
 
     def emit(self, report: Report) -> None:
         """Record ``report`` as one span and one counter increment."""
-        if self._closed:
-            self.dropped_after_close += 1
-            return
-        if not self._wanted():
+        if self._closed or not self._wanted():
             return
         with self._lock:
             tracer = self._resolve()
-            if tracer is not None:
-                if self._stuck and self._bounded.busy():
-                    # The exporter is still inside a call that missed its deadline.
-                    self.skipped_spans += 1
-                else:
-                    self._end_span_bounded(tracer, report)
+            # While the exporter is still inside a call that missed its deadline, the
+            # span is skipped (said once, when it got stuck); the event is written.
+            if tracer is not None and not (self._stuck and self._bounded.busy()):
+                self._end_span_bounded(tracer, report)
             if self._counter is not None:
                 attributes = self._metric_attributes(report.site, report.kind, report.at_shutdown)
                 self._counter.add(1, attributes)
@@ -366,9 +350,6 @@ class OtelSink:
             if self._counter is not None:
                 self._counter.add(count, self._metric_attributes(site, kind, at_shutdown))
 
-    def emit_dropped(self, count: int) -> None:
-        """Dropped reports are already said by the event sink."""
-
     # -- flush and exit ----------------------------------------------------------------
 
     def flush_exports(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
@@ -414,6 +395,7 @@ class OtelSink:
                         pass
 
             finished = self._bounded.run(shutdown, left) and finished
+            self._problems.detach()
         self._say_lost(finished, budget)
 
     def _say_lost(self, finished: bool, budget: float) -> None:
