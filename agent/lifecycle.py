@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import atexit
 import os
-from typing import Optional, Protocol
 
 from .interp.process import register_before_threads_join
 
+# typing is not imported at run time (~6 ms): this module is imported at every start-up
+# with the agent on, and its annotations are strings.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
-class ProcessHooks(Protocol):
-    """What an installation does at these moments (it must never raise)."""
+
+class ProcessHooks:
+    """What an installation does at these moments (it must never raise). The base does
+    nothing; agent.runtime.Installation is the one subclass."""
 
     def before_threads_join(self) -> None:
         """At exit, before non-daemon threads are joined (also in a multiprocessing

@@ -65,6 +65,11 @@ def test_a_bad_speedups_value_warns_once_and_keeps_the_compiled_path(run: Runner
 # (the cache). Each leaks one task and one unretrieved exception per site.
 SITES = """\
     import asyncio, gc, sys
+    # No automatic collection: one could run in the agent's writer thread, and the
+    # program's own gc.collect() below would then return at once without collecting
+    # (CPython runs one collection at a time), leaving the tasks to asyncio.run's
+    # cleanup. The README's known limits say so.
+    gc.disable()
 
     async def hang():
         await asyncio.get_running_loop().create_future()
@@ -184,3 +189,39 @@ def test_both_sweeps_drop_dead_tasks_entries_and_keep_live_ones(run: Runner) -> 
     assert compiled[1:] == ["3000", "True"]
     if CPYTHON and not PYTHON_PATH_ONLY:
         assert compiled[0] == "compiled"
+
+
+@pytest.mark.skipif(not COMPILED_RUNS, reason="the compiled module is not used here")
+def test_a_compiled_walk_that_disagrees_with_the_interpreter_is_not_used(run: Runner) -> None:
+    # The module reads CPython's private frame records. Its walk is checked against
+    # sys._getframe at import; here it is made to disagree (as a layout it does not
+    # know would): the Python path runs, with one notice, and sites stay exact.
+    source = """
+    import asyncio_agent.interp._speedups as speedups
+
+    speedups.frame_chain = lambda depth: []
+    import asyncio, gc
+    gc.disable()
+    import asyncio_agent.runtime
+
+    async def forever():
+        await asyncio.Event().wait()
+
+    async def main():
+        recorder = asyncio_agent.runtime.current().recorder
+        print("compiled" if recorder.accelerator is not None else "python")
+        asyncio.create_task(forever())  # SITE
+        await asyncio.sleep(0)
+        gc.collect()
+
+    asyncio.run(main())
+    """
+    result = run(source)
+    assert result.stdout == "python\n", result.stderr
+    notices = [line for line in result.stderr.splitlines() if "asyncio-agent" in line]
+    assert notices == [
+        "asyncio-agent: warning: the compiled hot path is not used: its frame walk does not "
+        "match this interpreter (0 frames, not 4)"
+    ]
+    [event] = result.anomalies()
+    assert event["creation_line"] == line_of(source, "# SITE")

@@ -1,7 +1,8 @@
 """OpenTelemetry's API from the inside: its context variable, span key and provider slot.
 
 Owns every private name of the OpenTelemetry API the agent reads (``_RUNTIME_CONTEXT``,
-``_current_context``, ``_SPAN_KEY``, ``_TRACER_PROVIDER``, ``_set_tracer_provider``).
+``_current_context``, ``_SPAN_KEY``, ``_TRACER_PROVIDER``, ``_set_tracer_provider``) and
+the SDK's internal logger names.
 Checks the layout before trusting it; never imports OpenTelemetry (it is handed the
 modules the application imported) and never keeps a span or a context.
 """
@@ -12,6 +13,19 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Optional
+
+# Loggers through which the SDK reports export failures of our own providers (its
+# internal modules' names). Their records are counted and summed up in one warning
+# instead of one line per retry (agent.otelenv.ExportProblems).
+EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http._common",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.metrics._internal.export",
+    "opentelemetry.sdk.trace.export",
+)
 
 PROVIDER_SETTERS = ("_set_tracer_provider", "set_tracer_provider")
 """The private setter is what both set_tracer_provider() and the API's own

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
-import weakref
-from types import ModuleType
-from typing import Any, NamedTuple, Optional
+
+# typing is not imported at run time (~6 ms): this module is imported at every start-up
+# with the agent on, and its annotations are strings.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any, Optional
 
 SIMULATE_VARIABLE = "ASYNCIO_AGENT_INTERP_SHAPE"
 SIMULATED_SHAPES = ("3.14",)
@@ -35,22 +39,34 @@ _REGISTRY_NAMES = ("_scheduled_tasks", "_all_tasks")
 _EAGER_NAME = "_eager_tasks"
 
 
-class Shape(NamedTuple):
-    """The answers of the probe (immutable; see :func:`probe`)."""
+class Shape:
+    """The answers of the probe (see :func:`probe`)."""
 
-    name: str
-    """For people: ``"3.10-3.11"``, ``"3.12-3.13"``, ``"3.14+"`` or ``"3.14 (simulated)"``."""
-    registry: Any
-    """The WeakSet every task registers with, if there is one that is hookable, else None."""
-    registry_name: str
-    """``asyncio.tasks.<name>`` of ``registry`` ("" without one)."""
-    eager: Any
-    """The set of eager tasks in their first step (3.12+), or None."""
-    complete: bool
-    """True: every task not yet collected can be listed (finished ones too). False: only
-    the pending tasks of the loops the agent has seen (``asyncio.all_tasks(loop)``)."""
-    compiled_allowed: bool
-    """Whether the compiled hot path may run in this shape."""
+    __slots__ = ("compiled_allowed", "complete", "eager", "name", "registry", "registry_name")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        registry: Any,
+        registry_name: str,
+        eager: Any,
+        complete: bool,
+        compiled_allowed: bool,
+    ) -> None:
+        self.name = name
+        """For people: ``3.10-3.11``, ``3.12-3.13``, ``3.14+`` or ``3.14 (simulated)``."""
+        self.registry = registry
+        """The WeakSet every task registers with, if it is hookable, else None."""
+        self.registry_name = registry_name
+        """``asyncio.tasks.<name>`` of ``registry`` ("" without one)."""
+        self.eager = eager
+        """The set of eager tasks in their first step (3.12+), or None."""
+        self.complete = complete
+        """True: every task not yet collected can be listed (finished ones too). False:
+        only the pending tasks of the loops the agent has seen (asyncio.all_tasks)."""
+        self.compiled_allowed = compiled_allowed
+        """Whether the compiled hot path may run in this shape."""
 
     @property
     def live_tasks_source(self) -> str:
@@ -70,9 +86,11 @@ def simulated() -> Optional[str]:
 def probe(tasks_module: Optional[ModuleType]) -> Shape:
     """Look at ``asyncio.tasks`` (and ``_asyncio``, if asyncio uses it) and say what it has."""
     if tasks_module is None:
-        return Shape("unknown", None, "", None, False, False)
+        return _no_registry("unknown", compiled_allowed=False)
     if simulated() == "3.14":
-        return Shape("3.14 (simulated)", None, "", None, False, False)
+        return _no_registry("3.14 (simulated)", compiled_allowed=False)
+    import weakref  # (already imported by asyncio)
+
     native = sys.modules.get("_asyncio")
     native_tasks = native is not None and getattr(tasks_module, "Task", None) is getattr(
         native, "Task", object()
@@ -88,6 +106,23 @@ def probe(tasks_module: Optional[ModuleType]) -> Shape:
         eager = getattr(tasks_module, _EAGER_NAME, None)
         if native_tasks and eager is not None and getattr(native, _EAGER_NAME, None) is not eager:
             eager = None
-        label = "3.12-3.13" if name == "_scheduled_tasks" else "3.10-3.11"
-        return Shape(label, registry, name, eager if isinstance(eager, set) else None, True, True)
-    return Shape("3.14+", None, "", None, False, True)
+        return Shape(
+            "3.12-3.13" if name == "_scheduled_tasks" else "3.10-3.11",
+            registry=registry,
+            registry_name=name,
+            eager=eager if isinstance(eager, set) else None,
+            complete=True,
+            compiled_allowed=True,
+        )
+    return _no_registry("3.14+", compiled_allowed=True)
+
+
+def _no_registry(name: str, compiled_allowed: bool) -> Shape:
+    return Shape(
+        name,
+        registry=None,
+        registry_name="",
+        eager=None,
+        complete=False,
+        compiled_allowed=compiled_allowed,
+    )
