@@ -30,6 +30,10 @@ PACKAGE_DIR = os.path.dirname(__file__) + os.sep
 """The agent's own files are recognised by where they are, never by a module name: an
 application's own ``agent`` or ``agent.tasks`` module is application code."""
 
+LAUNCHER_FILES: set[str] = set()
+"""Other files of the agent's that run the program: the ``asyncio-agent`` console script
+(``python -m asyncio_agent run``'s frames are in the package already)."""
+
 MAX_SITES = 16_384
 """Distinct creation sites remembered; tasks from further sites get no site."""
 
@@ -131,10 +135,15 @@ class SiteRecorder:
         if self._external.get(id(code)) is code:
             return False
         module = frame.f_globals.get("__name__")
-        internal = code.co_filename.startswith(PACKAGE_DIR) or (
-            isinstance(module, str)
-            and any(
-                module == prefix or module.startswith(prefix + ".") for prefix in self._prefixes
+        filename = code.co_filename
+        internal = (
+            filename.startswith(PACKAGE_DIR)
+            or filename in LAUNCHER_FILES
+            or (
+                isinstance(module, str)
+                and any(
+                    module == prefix or module.startswith(prefix + ".") for prefix in self._prefixes
+                )
             )
         )
         if len(self._external) + len(self._internal_codes) < MAX_SITES * 4:
