@@ -1,7 +1,8 @@
 """Post-import hooks: run a callback right after a named module has been executed.
 
-Owns the ``sys.meta_path`` entry that lets the agent wait for ``asyncio`` or
-``uvloop`` instead of importing them. Never imports a watched module itself.
+Owns the ``sys.meta_path`` entry that lets the agent wait for ``asyncio``, ``uvloop``,
+``structlog`` and OpenTelemetry instead of importing them. Never imports a watched
+module itself.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The reporter: a bounded queue filled by finalizers and a thread that empties it.
 
 Owns ``submit`` (finalizer-safe: no lock, no I/O, never blocks), the writer thread,
-``flush``, the flush at exit, drop counting and the restart after ``os.fork()``.
+``flush``, ``close`` (what the installation runs at exit), drop counting, the counts of
+held-back reports, and ``after_fork_in_child``. Writes through the sinks and never
+imports; registers no process-wide hook itself (agent.lifecycle does).
 """
 
 from __future__ import annotations
