@@ -14,5 +14,8 @@ from setuptools import Extension, setup
 extensions = []
 if platform.python_implementation() == "CPython":
     extensions.append(Extension("asyncio_agent._speedups", ["agent/_speedups.c"], optional=True))
+    # The frameless prelude that lets the agent see never-awaited coroutines while
+    # CPython's own warning stays exactly as it is (agent/interp/unfinished.py).
+    extensions.append(Extension("asyncio_agent._prelude", ["agent/_prelude.c"], optional=True))
 
 setup(ext_modules=extensions)

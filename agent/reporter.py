@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Optional, Protocol, Union
 
+from .findings import Finding
 from .notices import warn_once
 from .ratelimit import RateLimiter, SuppressedCounts
 from .report import Report, Suppressed
@@ -28,7 +29,9 @@ class Sink(Protocol):
 
     Optional methods, called when a sink has them: ``emit_suppressed(site, kind,
     count)``, ``flush_exports()``, ``prepare()`` (before exit: get ready to write
-    without importing), ``close_exports(timeout)`` and ``summarize_losses()``.
+    without importing), ``close_exports(timeout)`` and ``summarize_losses()``; and for
+    each kind of :class:`~asyncio_agent.findings.Finding`, the method it names
+    (``emit_never_awaited``, ``emit_stuck``).
     """
 
     def emit(self, report: Report) -> None:
@@ -72,8 +75,8 @@ class _Call:
         self.function = function
 
 
-_Item = Union[Report, Suppressed, _FlushMarker, _Stop, _Call, _Wake]
-Listener = Callable[[Union[Report, Suppressed]], None]
+_Item = Union[Report, Suppressed, Finding, _FlushMarker, _Stop, _Call, _Wake]
+Listener = Callable[[Union[Report, Suppressed, Finding]], None]
 
 
 class Reporter:
@@ -110,7 +113,7 @@ class Reporter:
 
     # -- finalizer side --------------------------------------------------------
 
-    def submit(self, report: Union[Report, Suppressed]) -> None:
+    def submit(self, report: Union[Report, Suppressed, Finding]) -> None:
         """Queue ``report``; safe inside ``__del__``. Drops and counts when full."""
         if self._closed:
             return
@@ -276,7 +279,7 @@ class Reporter:
             except Exception as exc:
                 warn_once("reporter:call", f"a background job failed ({type(exc).__name__}: {exc})")
             return
-        if isinstance(item, Report):
+        if isinstance(item, (Report, Finding)):
             for listener in self._listeners:
                 with contextlib.suppress(Exception):
                     listener(item)
@@ -286,7 +289,7 @@ class Reporter:
         if self._queue.empty():
             self._say_dropped()
 
-    def _write(self, report: Union[Report, Suppressed]) -> None:
+    def _write(self, report: Union[Report, Suppressed, Finding]) -> None:
         if isinstance(report, Suppressed):
             # Only in place, at exit, for a report held back just before the limit was
             # lifted: said at once, since nothing runs after the last finalizer.
@@ -294,6 +297,12 @@ class Reporter:
             return
         for sink in self._sinks:
             try:
+                if isinstance(report, Finding):
+                    # A finding goes to the sink method its class names, if the sink has it.
+                    method = getattr(sink, report.sink_method, None)
+                    if method is not None:
+                        method(report)
+                    continue
                 sink.emit(report)
             except Exception as exc:  # a broken sink must never reach the application
                 if sys.is_finalizing():

@@ -21,7 +21,9 @@ from .ratelimit import RateLimiter
 from .reporter import Reporter
 from .sinks.events import EventSink
 from .sinks.otel import OtelSink
+from .stuck import StuckDetector
 from .tracing import TRACE_MODULE, SpanProbeSwitch
+from .unawaited import NeverAwaitedDetector, NeverAwaitedTally
 
 
 def _young_collections() -> int:
@@ -52,12 +54,32 @@ class Installation:
         # Redaction runs in the finalizer, so the message never reaches the queue.
         submit = redacting(self.reporter.submit) if settings.redact else self.reporter.submit
         self.patcher = LoopPatcher(self.recorder, submit, self.limiter.admit)
+        # Never-awaited coroutines: CPython's unawaited-coroutine hook, from start().
+        self.never_awaited = NeverAwaitedDetector(
+            self.reporter.submit,
+            self.limiter.admit,
+            lambda: self.recorder.span_probe,
+            compiled=settings.speedups,
+            origin_depth=settings.coroutine_origin,
+        )
+        self.never_awaited_tally = NeverAwaitedTally()
+        self.reporter.add_listener(self.never_awaited_tally.on_report)
+        # Stuck tasks: a periodic check once asyncio is imported, and after snapshots.
+        self.stuck: Optional[StuckDetector] = None
+        if settings.stuck_s > 0:
+            self.stuck = StuckDetector(settings.stuck_s, self.recorder, self.reporter.submit)
         # Snapshot dumps (signal / timer) exist only when a setting asks for them.
         self.dumper: Any = None
         if settings.dump_signal or settings.snapshot_interval:
             from .snapshot_dump import SnapshotDumper
 
-            self.dumper = SnapshotDumper(settings, self.reporter, self.event_sink, self.recorder)
+            self.dumper = SnapshotDumper(
+                settings,
+                self.reporter,
+                self.event_sink,
+                self.recorder,
+                self.stuck.check if self.stuck is not None else None,
+            )
         self.hook = PostImportHook(
             {
                 "asyncio": self._asyncio_imported,
@@ -81,6 +103,9 @@ class Installation:
         self.otel_sink.start()
         if self.dumper is not None:
             self.dumper.start_timer()  # periodic snapshots only where asyncio is used
+        if self.stuck is not None:
+            self.stuck.start_timer(self.reporter.call_soon)
+        self.never_awaited.on_asyncio_imported(module)
         if gc.isenabled() and _young_collections() > collections_before:
             # The import ran the collector, so every young object of the program's was
             # collected or promoted already: what is young now is the import's own.
@@ -104,6 +129,7 @@ class Installation:
         self.reporter.start()
 
     def start(self) -> None:
+        self.never_awaited.start()
         self.hook.install()
         # With OTEL_*_EXPORTER set, the SDK is imported in the background from now on.
         self.otel_sink.start()
@@ -123,6 +149,9 @@ class Installation:
         self.hook.remove()
         self.span_switch.remove()
         self.patcher.unpatch_all()
+        self.never_awaited.stop()
+        if self.stuck is not None:
+            self.stuck.stop()
         if self.dumper is not None:
             self.dumper.stop()
         self.reporter.shutdown(timeout)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
+from .interp.unfinished import await_chain, coroutine_of
 from .livetasks import live_tasks
 from .records import record_of
 from .sites import Site, SiteRecorder
@@ -22,7 +23,6 @@ MAX_EXAMPLES = 3
 """Example task names and distinct awaiting stacks kept per site."""
 MAX_AWAIT_SAMPLES = 200
 """Pending tasks per site whose awaiting stack is read (the rest are only counted)."""
-MAX_AWAIT_DEPTH = 32
 
 UNKNOWN_SITE = ("<unknown>", 0, "<unknown>")
 
@@ -74,6 +74,9 @@ class Snapshot:
     source: str
     """The asyncio registry read (see :mod:`asyncio_agent.livetasks`)."""
     sites: tuple[SiteSnapshot, ...]
+    never_awaited: tuple[dict[str, Any], ...] = ()
+    """Coroutines never awaited since the agent was installed, by coroutine and
+    creation site, most frequent first (``coroutine``, ``creation_site``, ``count``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and dicts, ready for ``json.dumps``."""
@@ -83,6 +86,7 @@ class Snapshot:
             "total": self.total,
             "source": self.source,
             "sites": [site_to_dict(site) for site in self.sites],
+            "never_awaited": [dict(entry) for entry in self.never_awaited],
         }
 
 
@@ -117,8 +121,7 @@ def _state(task: Any) -> str:
 
 
 def _coro_of(task: Any) -> Any:
-    # ``_coro`` first: get_coro() can crash 3.12.0-3.12.4 for an eagerly finished task.
-    return task._coro if hasattr(task, "_coro") else task.get_coro()
+    return coroutine_of(task)
 
 
 def _name_of(obj: Any) -> str:
@@ -126,44 +129,9 @@ def _name_of(obj: Any) -> str:
     return name if isinstance(name, str) else type(obj).__qualname__
 
 
-def _frame_line(frame: Any, owner: Any) -> str:
-    code = frame.f_code
-    return f"{code.co_filename}:{frame.f_lineno} in {getattr(code, 'co_qualname', _name_of(owner))}"
-
-
 def _awaiting(task: Any) -> tuple[str, ...]:
     """The await chain of a pending task, outermost coroutine first."""
-    lines: list[str] = []
-    try:
-        current = _coro_of(task)
-        for _ in range(MAX_AWAIT_DEPTH):
-            frame = getattr(current, "cr_frame", None) or getattr(current, "gi_frame", None)
-            if frame is None:
-                frame = getattr(current, "ag_frame", None)
-            if frame is None:
-                break
-            lines.append(_frame_line(frame, current))
-            following = (
-                getattr(current, "cr_await", None)
-                or getattr(current, "gi_yieldfrom", None)
-                or getattr(current, "ag_await", None)
-            )
-            if following is None or not (
-                hasattr(following, "cr_frame")
-                or hasattr(following, "gi_frame")
-                or hasattr(following, "ag_frame")
-            ):
-                break
-            current = following
-        waiter = getattr(task, "_fut_waiter", None)
-        if waiter is not None:
-            if getattr(type(waiter), "get_coro", None) is not None:
-                lines.append(f"-> Task {waiter.get_name()!r} ({_name_of(_coro_of(waiter))})")
-            else:
-                lines.append(f"-> {type(waiter).__qualname__}")
-    except Exception:
-        pass
-    return tuple(lines)
+    return await_chain(task)
 
 
 class _Group:
@@ -237,10 +205,10 @@ def group_tasks(tasks: Iterable[Any], recorder: SiteRecorder) -> tuple[SiteSnaps
 
 def take_snapshot(recorder: Optional[SiteRecorder] = None) -> Snapshot:
     """See :func:`asyncio_agent.snapshot`."""
-    if recorder is None:
-        from . import runtime
+    from . import runtime
 
-        installation = runtime.current()
+    installation = runtime.current()
+    if recorder is None:
         # Sites are shared by all recorders: a fresh one decodes any record.
         recorder = installation.recorder if installation is not None else SiteRecorder(0)
     tasks, source = live_tasks()
@@ -249,4 +217,6 @@ def take_snapshot(recorder: Optional[SiteRecorder] = None) -> Snapshot:
         total = len(tasks)
     finally:
         del tasks  # the only strong references: gone before we return
-    return Snapshot(time.time(), os.getpid(), total, source, sites)
+    tally = getattr(installation, "never_awaited_tally", None)
+    never_awaited = tuple(tally.top()) if tally is not None else ()
+    return Snapshot(time.time(), os.getpid(), total, source, sites, never_awaited)

@@ -67,13 +67,19 @@ class SnapshotDumper:
     """Writes ``asyncio.tasks.snapshot`` events when asked by signal or timer."""
 
     def __init__(
-        self, settings: Settings, reporter: Reporter, sink: SnapshotSink, recorder: SiteRecorder
+        self,
+        settings: Settings,
+        reporter: Reporter,
+        sink: SnapshotSink,
+        recorder: SiteRecorder,
+        after_dump: Optional[Callable[[], None]] = None,
     ) -> None:
         self._signal_name = settings.dump_signal
         self._interval = settings.snapshot_interval
         self._reporter = reporter
         self._sink = sink
         self._recorder = recorder
+        self._after_dump = after_dump  # e.g. the stuck-task check, after each snapshot
         self._growth = GrowthTracker()
         self._requested = False
         self._previous: _Handler = None
@@ -170,10 +176,13 @@ class SnapshotDumper:
             "total": snapshot.total,
             "source": snapshot.source,
             "sites": [site_to_dict(site) for site in snapshot.sites],
+            "never_awaited": [dict(entry) for entry in snapshot.never_awaited],
             "pid": snapshot.pid,
             "_timestamp": snapshot.timestamp,
         }
         self._sink.emit_snapshot(fields, growing)
+        if self._after_dump is not None:
+            self._after_dump()
 
 
 _live_dumpers: weakref.WeakSet[SnapshotDumper] = weakref.WeakSet()

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
 from .. import otelenv
+from ..findings import NeverAwaited, StuckTask, origin_site
 from ..notices import warn_once
 from ..report import EXCEPTION_UNRETRIEVED, Report
 from ..sites import Site
@@ -49,6 +50,54 @@ def span_attributes(report: Report) -> dict[str, Any]:
     }
     # OpenTelemetry rejects None attribute values (with a log line each).
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _clean(values: dict[str, Any]) -> dict[str, Any]:
+    # OpenTelemetry rejects None attribute values (with a log line each).
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def never_awaited_attributes(finding: NeverAwaited) -> dict[str, Any]:
+    """Span attributes of a never-awaited coroutine: ``code.*`` is where it was created
+    (when origin tracking knows it), ``asyncio.coroutine.collected_at`` where it died."""
+    site = origin_site(finding.origin)
+    collected = finding.collected
+    return _clean(
+        {
+            "code.filepath": site[0] if site else None,
+            "code.lineno": site[1] if site else None,
+            "code.function": site[2] if site else None,
+            "code.stacktrace": "\n".join(site[3]) if site else None,
+            "asyncio.coroutine": finding.coroutine,
+            "asyncio.coroutine.collected_at": (
+                f"{collected[0]}:{collected[1]} in {collected[2]}" if collected else None
+            ),
+            "asyncio.at_shutdown": finding.at_shutdown,
+            "thread.name": finding.thread,
+            "process.pid": finding.pid,
+        }
+    )
+
+
+def stuck_attributes(finding: StuckTask) -> dict[str, Any]:
+    """Span attributes of a stuck task."""
+    site = finding.site
+    return _clean(
+        {
+            "code.filepath": site.filename if site else None,
+            "code.lineno": site.lineno if site else None,
+            "code.function": site.function if site else None,
+            "code.stacktrace": "\n".join(site.stack) if site else None,
+            "asyncio.task.name": finding.task_name,
+            "asyncio.task.coroutine": finding.coroutine,
+            "asyncio.task.age_s": finding.task_age_s,
+            "asyncio.task.awaiting": "\n".join(finding.awaiting) or None,
+            "asyncio.task.siblings": finding.siblings,
+            "asyncio.task.siblings_median_age_s": finding.siblings_median_age_s,
+            "thread.name": finding.thread,
+            "process.pid": finding.pid,
+        }
+    )
 
 
 def _live_task_count() -> int:
@@ -235,7 +284,7 @@ class OtelSink:
             ANOMALIES_METRIC,
             unit="{task}",
             description="Tasks CPython reported as destroyed pending or with an "
-            "exception never retrieved",
+            "exception never retrieved, coroutines never awaited, and stuck tasks",
         )
 
         def observe_live(_options: Any) -> Iterator[Any]:
@@ -354,6 +403,99 @@ class OtelSink:
             "asyncio.task.site": value,
             "asyncio.at_shutdown": at_shutdown,
         }
+
+    def emit_never_awaited(self, finding: NeverAwaited) -> None:
+        """One ERROR span (in the trace current where the coroutine was created, when
+        known; else a root span) and one count in the anomalies metric."""
+        end_ns = int(finding.timestamp * 1e9)
+        self._emit_finding(
+            finding.kind,
+            packed_span=finding.span,
+            start_ns=end_ns,
+            end_ns=end_ns,
+            attributes=never_awaited_attributes(finding),
+            description=f"coroutine '{finding.coroutine}' was never awaited",
+            site=finding.site,
+            at_shutdown=finding.at_shutdown,
+        )
+
+    def emit_stuck(self, finding: StuckTask) -> None:
+        """One ERROR span from the task's creation to the check (in the trace that
+        created it) and one count in the anomalies metric."""
+        end_ns = int(finding.timestamp * 1e9)
+        self._emit_finding(
+            finding.kind,
+            packed_span=finding.span,
+            start_ns=end_ns - int(finding.task_age_s * 1e9),
+            end_ns=end_ns,
+            attributes=stuck_attributes(finding),
+            description=f"pending for {finding.task_age_s:.0f} s, far longer than its "
+            f"{finding.siblings} sibling(s) (median {finding.siblings_median_age_s:.3g} s)",
+            site=finding.site,
+            at_shutdown=False,
+        )
+
+    def _emit_finding(
+        self,
+        kind: str,
+        *,
+        packed_span: object,
+        start_ns: int,
+        end_ns: int,
+        attributes: dict[str, Any],
+        description: str,
+        site: Optional[Site],
+        at_shutdown: bool,
+    ) -> None:
+        if self._closed:
+            self.dropped_after_close += 1
+            return
+        if not self._wanted():
+            return
+        with self._lock:
+            tracer = self._resolve()
+            if tracer is not None and not (self._stuck and self._bounded.busy()):
+                failed: list[Exception] = []
+
+                def end_span() -> None:
+                    try:
+                        from opentelemetry import trace
+
+                        span = tracer.start_span(
+                            kind,
+                            context=self._parent(packed_span),
+                            attributes=attributes,
+                            start_time=start_ns,
+                        )
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, description))
+                        span.end(end_time=end_ns)
+                    except Exception as exc:
+                        failed.append(exc)
+
+                if not self._bounded.run(end_span, SPAN_TIMEOUT_S):
+                    self._mark_stuck(f"ending a span took over {SPAN_TIMEOUT_S:g} s")
+                else:
+                    self._unflushed = True
+            elif tracer is not None:
+                self.skipped_spans += 1
+            if self._counter is not None:
+                self._counter.add(1, self._metric_attributes(site, kind, at_shutdown))
+
+    @staticmethod
+    def _parent(packed_span: object) -> Any:
+        from opentelemetry import context, trace
+
+        ids = unpack(packed_span)
+        if ids is None:
+            return context.Context()  # no span known at creation: a root span
+        trace_id, span_id, sampled = ids
+        remembered = trace.SpanContext(
+            trace_id=trace_id,
+            span_id=span_id,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(1 if sampled else 0),
+        )
+        return trace.set_span_in_context(trace.NonRecordingSpan(remembered))
 
     def emit_suppressed(
         self, site: Optional[Site], kind: str, count: int, at_shutdown: bool = False
