@@ -156,13 +156,19 @@ class LeftoverTracker:
         # Inside a runner's _cancel_all_tasks: these tasks are about to be cancelled.
         recorder = self._recorder()
         for task in tasks:
-            if _contains(self._known, task) or is_test_runner_task(task):
+            if is_test_runner_task(task):
                 continue
-            finding = describe_task(task, LeftPending.CANCELLED_AT_SHUTDOWN, recorder)
-            if _contains(self._fixture_owned, task) or not self._in_test:
-                self.outside.append(finding)
-            else:
+            how = LeftPending.CANCELLED_AT_SHUTDOWN
+            if _contains(self._fixture_owned, task):
+                self.outside.append(describe_task(task, how, recorder))
+                continue
+            if _contains(self._known, task):
+                continue  # judged at its own test's end, or alive before it began
+            finding = describe_task(task, how, recorder)
+            if self._in_test:
                 self._found.append(finding)
+            else:
+                self.outside.append(finding)
             try:
                 self._known.add(task)
             except TypeError:
