@@ -3,7 +3,8 @@
 Owns per-test attribution. A test's tasks are those alive at its teardown (or at its
 loop's shutdown) that were not alive when its setup began, were not made while a
 fixture of a wider scope (class, module, package, session) was being set up, and are
-not a test runner's own (anyio's runner task). Left behind means still pending when
+not a task a library keeps for the life of its loop (anyio's test runner task, its
+process-pool shutdown task). Left behind means still pending when
 the test's teardown has finished, or cancelled by its loop's shutdown
 (``asyncio.run``, ``asyncio.Runner.close``, pytest-asyncio's and anyio's runners).
 So blame stays per test with loops of any scope: a task left by one test is known
@@ -27,7 +28,7 @@ from .interp.unfinished import (
     ShutdownWatch,
     await_chain,
     coroutine_name,
-    is_test_runner_task,
+    is_loop_lifetime_task,
 )
 from .livetasks import live_tasks
 from .records import record_of
@@ -149,16 +150,18 @@ class LeftoverTracker:
         return (
             _contains(self._known, task)
             or _contains(self._fixture_owned, task)
-            or is_test_runner_task(task)
+            or is_loop_lifetime_task(task)
         )
 
-    def _on_shutdown(self, loop: Any, tasks: list[Any]) -> None:
+    def _on_shutdown(self, loop: Any, tasks: list[Any], why: Optional[str]) -> None:
         # Inside a runner's _cancel_all_tasks: these tasks are about to be cancelled.
         recorder = self._recorder()
+        how = LeftPending.CANCELLED_AT_SHUTDOWN
+        if why is not None:
+            how += f" (the run was interrupted by {why})"
         for task in tasks:
-            if is_test_runner_task(task):
+            if is_loop_lifetime_task(task):
                 continue
-            how = LeftPending.CANCELLED_AT_SHUTDOWN
             if _contains(self._fixture_owned, task):
                 self.outside.append(describe_task(task, how, recorder))
                 continue

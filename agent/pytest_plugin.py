@@ -292,7 +292,7 @@ def _destroyed_as_left(report: Report) -> LeftPending:
         site=report.site,
         task_age_s=report.task_age_s,
         awaiting=(),
-        how="destroyed while pending (garbage-collected at the test's end)",
+        how="destroyed while pending (CPython: Task was destroyed but it is pending!)",
     )
 
 
@@ -333,9 +333,13 @@ class AgentPlugin:
     def _take(self) -> list[Judged]:
         from . import runtime
 
-        # Two passes: a cycle's finalizer can free the next cycle.
-        gc.collect()
-        gc.collect()
+        if self.mode is not None:
+            # Lost tasks and coroutines: collect what the test left as garbage. Two
+            # passes: a cycle's finalizer can free the next cycle. (The left-over mode
+            # alone does not collect: a task that is garbage but still pending is a
+            # task left behind, and a full collection per test costs.)
+            gc.collect()
+            gc.collect()
         runtime.flush()
         taken, self._reports = self._reports, []
         return taken
@@ -370,7 +374,7 @@ class AgentPlugin:
                 texts.setdefault(self.mode, []).append(describe(unexpected))
         if self.leftovers is not None and self.pending_mode is not None:
             left = self.leftovers.end_test()
-            if self.mode is None:  # lost tasks are left-over tasks the collector found
+            if self.mode is None:  # without the lost-task mode, these are left behind too
                 left += [
                     _destroyed_as_left(r)
                     for r in reports

@@ -229,3 +229,28 @@ def test_clean():
             "FAILED test_app.py::test_forgets_await*",
         ]
     )
+
+
+def test_a_run_interrupted_by_a_base_exception_says_so(pytester: pytest.Pytester) -> None:
+    source = """
+import asyncio
+import pytest
+
+async def crash():
+    raise SystemExit(3)
+
+def test_interrupted():
+    async def main():
+        asyncio.create_task(crash())
+        await asyncio.sleep(10)
+    with pytest.raises(SystemExit):
+        asyncio.run(main())
+"""
+    result = _run(pytester, {"test_app": source}, "--asyncio-agent-pending=fail")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*(coroutine test_interrupted.<locals>.main) cancelled only by its loop's shutdown "
+            "(the run was interrupted by SystemExit)*",
+        ]
+    )

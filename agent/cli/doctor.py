@@ -123,11 +123,22 @@ def _features() -> dict[str, Any]:
     }
 
 
+def _never_awaited_hook(speedups: bool) -> str:
+    from ..unawaited import compiled_prelude
+
+    if not speedups:
+        return "Python twin of CPython's function (ASYNCIO_AGENT_SPEEDUPS=0)"
+    if compiled_prelude() is None:
+        return "Python twin of CPython's function (asyncio_agent._prelude is not built)"
+    return "compiled prelude (asyncio_agent._prelude)"
+
+
 def collect() -> dict[str, Any]:
     """Everything ``doctor`` reports, as plain values."""
     settings, warnings = _settings()
     features = _features()
     features["hot_path"] = hot_path_status(bool(settings.get("speedups", True)))
+    features["never_awaited_hook"] = _never_awaited_hook(bool(settings.get("speedups", True)))
     return {
         "agent_version": _version("asyncio-agent"),
         "activation": _activation(),
@@ -177,6 +188,7 @@ def render_text(facts: dict[str, Any]) -> str:
     lines.append(f"  live task registry   {features['live_task_registry']}")
     lines.append(f"  structlog            {features['structlog'] or 'MISSING (required)'}")
     lines.append(f"  hot path             {features['hot_path']}")
+    lines.append(f"  never-awaited hook   {features['never_awaited_hook']}")
     if features["asyncio_debug_env"]:
         lines.append(f"  PYTHONASYNCIODEBUG   {features['asyncio_debug_env']} (slow: debug mode)")
     return "\n".join(lines) + "\n"

@@ -13,7 +13,8 @@ and nothing else:
 - ``asyncio.events._set_running_loop`` (coroutine origin tracking in every loop thread);
 - ``_cancel_all_tasks`` of ``asyncio.runners``, ``backports.asyncio.runner`` and anyio's
   asyncio backend (what a loop's shutdown is about to cancel);
-- anyio's ``TestRunner._run_tests_and_fixtures`` (the task its pytest plugin keeps).
+- anyio's ``TestRunner._run_tests_and_fixtures`` (the task its pytest plugin keeps) and
+  ``_shutdown_process_pool_on_exit`` (a task it keeps for the life of a loop).
 
 Functions here answer questions and never raise. The hook's prelude runs inside a
 coroutine's finalizer (any thread, during a collection, at interpreter teardown): it
@@ -318,21 +319,29 @@ def await_chain(task: Any) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def is_test_runner_task(task: Any) -> bool:
-    """Whether ``task`` is one a test runner keeps for itself across tests.
+# (file suffix, function name) of coroutines that libraries run for the life of a loop,
+# not for a test: each is created once per loop and cancelled when the loop shuts down.
+_LOOP_LIFETIME = (
+    # anyio's pytest plugin runs every test and fixture of a loop inside this task,
+    # created by the first test that needs it.
+    ("anyio/_backends/_asyncio.py", "_run_tests_and_fixtures"),
+    # anyio.to_process: shuts the worker processes down when asyncio.run() or
+    # anyio.run() cancels it at the loop's shutdown ("this only works when the event
+    # loop was started using asyncio.run() or anyio.run()", says its docstring).
+    ("anyio/_backends/_asyncio.py", "_shutdown_process_pool_on_exit"),
+)
 
-    anyio's pytest plugin runs every test and fixture of a loop inside one task
-    (``TestRunner._run_tests_and_fixtures``), created by the first test that needs it
-    and cancelled when its loop shuts down: it belongs to no test.
-    """
+
+def is_loop_lifetime_task(task: Any) -> bool:
+    """Whether ``task`` is one a library keeps for the life of its loop (a test
+    runner's own task, a service that expects the loop's shutdown to cancel it)."""
     try:
         code = getattr(coroutine_of(task), "cr_code", None)
         if code is None:
             return False
         filename = str(code.co_filename).replace("\\", "/")
-        return bool(
-            code.co_name == "_run_tests_and_fixtures"
-            and filename.endswith("anyio/_backends/_asyncio.py")
+        return any(
+            code.co_name == name and filename.endswith(suffix) for suffix, name in _LOOP_LIFETIME
         )
     except Exception:
         return False
@@ -345,11 +354,13 @@ RUNNER_MODULES = ("asyncio.runners", "backports.asyncio.runner.runner", "anyio._
 down: asyncio's own (``asyncio.run``, ``asyncio.Runner``), the backport of ``Runner``
 that pytest-asyncio uses on 3.10, and anyio's copy of it (3.10)."""
 
-ShutdownCallback = Callable[[Any, list[Any]], None]
+ShutdownCallback = Callable[[Any, list[Any], Optional[str]], None]
 
 
 class ShutdownWatch:
-    """Calls ``callback(loop, pending_tasks)`` right before a runner cancels them.
+    """Calls ``callback(loop, pending_tasks, why)`` right before a runner cancels them;
+    ``why`` is the name of the exception the runner is being left by (the loop was
+    interrupted: ``KeyboardInterrupt``, ``SystemExit``...), or None.
 
     Wraps ``_cancel_all_tasks`` in each of :data:`RUNNER_MODULES` (those already
     imported at :meth:`wrap_module` time; the caller watches for the others). The
@@ -370,7 +381,10 @@ class ShutdownWatch:
         def cancel_all_tasks(loop: Any) -> Any:
             try:
                 asyncio = sys.modules["asyncio"]
-                callback(loop, list(asyncio.all_tasks(loop)))
+                # Runner.close() runs in __exit__ while an exception leaves the block.
+                leaving = sys.exc_info()[1]
+                why = None if leaving is None else type(leaving).__name__
+                callback(loop, list(asyncio.all_tasks(loop)), why)
             except Exception:
                 pass
             return original(loop)
