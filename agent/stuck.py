@@ -25,6 +25,7 @@ ages of the sites that have a candidate.
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 import time
@@ -96,33 +97,39 @@ class StuckDetector:
         """The findings of one check; each stuck task is in at most one check's."""
         wall = time.time()
         findings = []
+        ages_by_site, candidates_by_site = self._pending_by_site()
         still_pending: set[tuple[int, int]] = set()
-        for site, entries in self._pending_by_site().items():
-            still_pending.update(entry.key for entry in entries)
-            if len(entries) < 2:
+        for site, candidates in candidates_by_site.items():
+            still_pending.update(entry.key for entry in candidates)
+            ages = ages_by_site[site]
+            if len(ages) < 2:
                 continue
-            entries.sort(key=lambda entry: entry.age)
-            ages = [entry.age for entry in entries]
+            ages.sort()
+            candidates.sort(key=lambda entry: -entry.age)
             newly: list[tuple[_Entry, float]] = []
             # Oldest first; once a task is not stuck, younger ones are not either.
-            for index in range(len(entries) - 1, -1, -1):
-                entry = entries[index]
-                if entry.age < self.threshold:
-                    break
-                median = median_without(ages, index)
+            for entry in candidates:
+                median = median_without(ages, bisect.bisect_right(ages, entry.age) - 1)
                 if entry.age < STUCK_RATIO * median:
                     break
                 if entry.key not in self._reported:
                     newly.append((entry, median))
             if newly:
-                findings.append(self._finding(site, newly, len(entries) - 1, wall))
+                findings.append(self._finding(site, newly, len(ages) - 1, wall))
         self._reported &= still_pending  # forget tasks that finished
         return findings
 
-    def _pending_by_site(self) -> dict[Site, list[_Entry]]:
-        """The pending tasks whose site and creation time are known, by site."""
+    def _pending_by_site(
+        self,
+    ) -> tuple[dict[Site, list[float]], dict[Site, list[_Entry]]]:
+        """The ages of the pending tasks whose site and creation time are known, by
+        site, and the tasks at least :attr:`threshold` old (the only possible stuck
+        ones): per task, a float appended, nothing more."""
         now = self._clock()
-        by_site: dict[Site, list[_Entry]] = {}
+        threshold = self.threshold
+        decode = self._recorder.decode
+        ages_by_site: dict[Site, list[float]] = {}
+        candidates: dict[Site, list[_Entry]] = {}
         tasks, _source = live_tasks()
         try:
             for task in tasks:
@@ -132,16 +139,22 @@ class StuckDetector:
                 except Exception:
                     continue
                 record = record_of(task)
-                site, created = self._recorder.decode(record)
+                site, created = decode(record)
                 if site is None or created is None or record is None:
                     continue
-                entries = by_site.get(site)
-                if entries is None:
-                    entries = by_site[site] = []
-                entries.append(_Entry(now - created, task, (id(task), record)))
+                age = now - created
+                ages = ages_by_site.get(site)
+                if ages is None:
+                    ages = ages_by_site[site] = []
+                ages.append(age)
+                if age >= threshold:
+                    old = candidates.get(site)
+                    if old is None:
+                        old = candidates[site] = []
+                    old.append(_Entry(age, task, (id(task), record)))
         finally:
             del tasks
-        return by_site
+        return ages_by_site, candidates
 
     def _finding(
         self, site: Site, newly: list[tuple[_Entry, float]], siblings: int, wall: float
