@@ -14,6 +14,13 @@ import sysconfig
 from setuptools import Extension, setup
 
 extensions = []
+if platform.python_implementation() == "CPython":
+    # The frameless prelude that lets the agent see never-awaited coroutines while
+    # CPython's own warning stays exactly as it is (agent/interp/unfinished.py). It
+    # reads no internals: every CPython version and build.
+    extensions.append(
+        Extension("asyncio_agent.interp._prelude", ["agent/interp/_prelude.c"], optional=True)
+    )
 if (
     platform.python_implementation() == "CPython"
     and sys.platform.startswith("linux")  # task ages: CLOCK_MONOTONIC is time.monotonic()

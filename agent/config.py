@@ -57,6 +57,12 @@ class Settings:
     speedups: bool = True
     """Use the compiled hot path (``asyncio_agent.interp._speedups``) where it was built;
     ``False`` runs the same logic in Python."""
+    coroutine_origin: int = 0
+    """Frames of each coroutine's creation recorded by CPython (its origin tracking) for
+    ``asyncio.coroutine.never_awaited`` events; 0 = off (it costs on every coroutine)."""
+    stuck_s: float = 0.0
+    """Seconds a task must be pending before it can be reported as stuck (far longer
+    than its siblings from the same site); 0 = off."""
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(_fields())
@@ -93,6 +99,8 @@ _ENV_FIELDS = {
     "DUMP_SIGNAL": "dump_signal",
     "SNAPSHOT_INTERVAL": "snapshot_interval",
     "SPEEDUPS": "speedups",
+    "COROUTINE_ORIGIN": "coroutine_origin",
+    "STUCK_S": "stuck_s",
 }
 # Names that are read elsewhere, and so are not unknown: activation, and the development
 # setting that simulates another interpreter's shape (agent.interp.shape).
@@ -245,6 +253,8 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "dump_signal": _signal_name,
     "snapshot_interval": _seconds,
     "speedups": _speedups,
+    "coroutine_origin": lambda name, raw: _whole_number(name, raw, 0, 0, 64),
+    "stuck_s": _seconds,
 }
 
 

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Optional, Union
 
+from .findings import Finding
 from .notices import warn_once
 from .ratelimit import RateLimiter, SuppressedCounts
 from .report import Report, Suppressed
@@ -59,8 +60,8 @@ class _Call:
         self.function = function
 
 
-_Item = Union[Report, Suppressed, _FlushMarker, _Stop, _Call, _Wake]
-Listener = Callable[[Union[Report, Suppressed]], None]
+_Item = Union[Report, Suppressed, Finding, _FlushMarker, _Stop, _Call, _Wake]
+Listener = Callable[[Union[Report, Suppressed, Finding]], None]
 
 
 class Reporter:
@@ -96,7 +97,7 @@ class Reporter:
 
     # -- finalizer side --------------------------------------------------------
 
-    def submit(self, report: Union[Report, Suppressed]) -> None:
+    def submit(self, report: Union[Report, Suppressed, Finding]) -> None:
         """Queue ``report``; safe inside ``__del__``. Drops and counts when full."""
         if self._closed:
             return
@@ -261,7 +262,7 @@ class Reporter:
             except Exception as exc:
                 warn_once("reporter:call", f"a background job failed ({type(exc).__name__}: {exc})")
             return
-        if isinstance(item, Report):
+        if isinstance(item, (Report, Finding)):
             for listener in self._listeners:
                 with contextlib.suppress(Exception):
                     listener(item)
@@ -271,7 +272,7 @@ class Reporter:
         if self._queue.empty():
             self._say_dropped()
 
-    def _write(self, report: Union[Report, Suppressed]) -> None:
+    def _write(self, report: Union[Report, Suppressed, Finding]) -> None:
         if isinstance(report, Suppressed):
             # Only in place, at exit, for a report held back just before the limit was
             # lifted: said at once, since nothing runs after the last finalizer.
@@ -280,7 +281,10 @@ class Reporter:
             return
         for sink in self._sinks:
             try:
-                sink.emit(report)
+                if isinstance(report, Finding):
+                    report.write_to(sink)  # the Sink method for its kind
+                else:
+                    sink.emit(report)
             except Exception as exc:  # a broken sink must never reach the application
                 if sys.is_finalizing():
                     continue  # modules are being torn down: nothing useful to say

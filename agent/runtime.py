@@ -49,7 +49,9 @@ class Pipeline:
         from .sinks.events import EventSink
         from .sinks.otel import OtelSink
         from .sites import SiteRecorder
+        from .stuck import StuckDetector
         from .tracing import SpanProbeSwitch
+        from .unawaited import NeverAwaitedDetector, NeverAwaitedTally
 
         self.event_sink = EventSink(settings)
         # Spans and metrics; inert (imports nothing) unless OpenTelemetry is in use.
@@ -66,12 +68,34 @@ class Pipeline:
         submit = redacting(self.reporter.submit) if settings.redact else self.reporter.submit
         self.patcher = LoopPatcher(self.recorder, submit, self.limiter.admit)
         self.otel_sink.live_tasks = self.live_task_count
+        # Never-awaited coroutines: CPython's unawaited-coroutine hook (agent.unawaited).
+        self.never_awaited = NeverAwaitedDetector(
+            self.reporter.submit,
+            self.limiter.admit,
+            lambda: self.recorder.span_probe,
+            compiled=settings.speedups,
+            origin_depth=settings.coroutine_origin,
+        )
+        self.never_awaited_tally = NeverAwaitedTally()
+        self.reporter.add_listener(self.never_awaited_tally.on_report)
+        # Stuck tasks: a periodic check once asyncio is imported, and after snapshots.
+        self.stuck: Optional[StuckDetector] = None
+        if settings.stuck_s > 0:
+            self.stuck = StuckDetector(
+                settings.stuck_s, self.recorder, self.reporter.submit, self.live_task_list
+            )
         # Snapshot dumps (signal / timer) exist only when a setting asks for them.
         self.dumper: Any = None
         if settings.dump_signal or settings.snapshot_interval:
             from .snapshot_dump import SnapshotDumper
 
-            self.dumper = SnapshotDumper(settings, self.reporter, self.event_sink, self.snapshot)
+            self.dumper = SnapshotDumper(
+                settings,
+                self.reporter,
+                self.event_sink,
+                self.snapshot,
+                self.stuck.check if self.stuck is not None else None,
+            )
 
     @property
     def shape(self) -> Optional[Shape]:
@@ -82,7 +106,18 @@ class Pipeline:
         """The live tasks now, by creation site (agent.snapshot)."""
         from .snapshot import take_snapshot
 
-        return take_snapshot(self.recorder, self.shape, self.patcher.seen_loops or ())
+        return take_snapshot(
+            self.recorder,
+            self.shape,
+            self.patcher.seen_loops or (),
+            tuple(self.never_awaited_tally.top()),
+        )
+
+    def live_task_list(self) -> list[Any]:
+        """The live tasks the interpreter lets the agent list (agent.interp.tasks)."""
+        from .interp.tasks import live_tasks
+
+        return live_tasks(self.shape, self.patcher.seen_loops or ()).tasks
 
     def live_task_count(self) -> tuple[int, bool]:
         """How many tasks are alive, and whether that is all of them (else pending only)."""
@@ -143,6 +178,10 @@ class Installation(ProcessHooks):
         pipeline = self.pipeline()
         shape = probe_shape(sys.modules.get("asyncio.tasks"))
         pipeline.patcher.on_asyncio_imported(sys.modules["asyncio.base_events"], shape)
+        # Never-awaited coroutines from now on (and their origin, if asked, in this
+        # thread and each thread that runs a loop).
+        pipeline.never_awaited.start()
+        pipeline.never_awaited.on_asyncio_imported(module)
         # structlog is loaded here, while the program imports asyncio and so cannot
         # have a single task yet: its thousands of allocations then cannot trigger a
         # collection that frees a lost task earlier than without the agent (as they
@@ -156,6 +195,8 @@ class Installation(ProcessHooks):
         pipeline.otel_sink.start()
         if pipeline.dumper is not None:
             pipeline.dumper.start_timer()  # periodic snapshots only where asyncio is used
+        if pipeline.stuck is not None:
+            pipeline.stuck.start_timer(pipeline.reporter.call_soon)
         if gc.isenabled() and _young_collections() > collections_before:
             # The import ran the collector, so every young object of the program's was
             # collected or promoted already: what is young now is the import's own.
@@ -214,6 +255,9 @@ class Installation(ProcessHooks):
             return
         pipeline.span_switch.remove()
         pipeline.patcher.unpatch_all()
+        pipeline.never_awaited.stop()
+        if pipeline.stuck is not None:
+            pipeline.stuck.stop()
         if pipeline.dumper is not None:
             pipeline.dumper.stop()
         pipeline.reporter.shutdown(timeout)
@@ -246,6 +290,8 @@ class Installation(ProcessHooks):
             pipeline.reporter.after_fork_in_child()
             if pipeline.dumper is not None:
                 pipeline.dumper.after_fork_in_child()
+            if pipeline.stuck is not None:
+                pipeline.stuck.after_fork_in_child()
         except Exception:
             pass
 
@@ -313,3 +359,15 @@ def snapshot() -> Any:
 def current() -> Optional[Installation]:
     """The active installation, or None."""
     return _current
+
+
+def live_task_list() -> list[Any]:
+    """The live tasks the interpreter lets the agent list: every task not yet collected,
+    or, on 3.14+, the pending ones of the loops the agent has seen (agent.interp.tasks)."""
+    installation = _current
+    pipeline = installation.built if installation is not None else None
+    if pipeline is not None:
+        return pipeline.live_task_list()
+    from .interp.tasks import live_tasks
+
+    return live_tasks(probe_shape(sys.modules.get("asyncio.tasks"))).tasks

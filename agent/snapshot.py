@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 from .interp.shape import Shape
-from .interp.tasks import coro_of, has_unread_exception, live_tasks, waiter_of
+from .interp.tasks import await_chain, coro_of, has_unread_exception, live_tasks
 from .records import record_of
 from .sites import Site, SiteRecorder
 
@@ -23,7 +23,6 @@ MAX_EXAMPLES = 3
 """Example task names and distinct awaiting stacks kept per site."""
 MAX_AWAIT_SAMPLES = 200
 """Pending tasks per site whose awaiting stack is read (the rest are only counted)."""
-MAX_AWAIT_DEPTH = 32
 
 UNKNOWN_SITE = ("<unknown>", 0, "<unknown>")
 
@@ -78,6 +77,9 @@ class Snapshot:
     """True: every task not yet collected, finished ones too. False: only the pending
     tasks of the loops the agent has seen (Python 3.14+ lists no more): "pending only"."""
     sites: tuple[SiteSnapshot, ...]
+    never_awaited: tuple[dict[str, Any], ...] = ()
+    """Coroutines never awaited since the agent was installed, by coroutine and
+    creation site, most frequent first (``coroutine``, ``creation_site``, ``count``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and dicts, ready for ``json.dumps``."""
@@ -89,6 +91,7 @@ class Snapshot:
             "complete": self.complete,
             "tasks": "all" if self.complete else "pending only",
             "sites": [site_to_dict(site) for site in self.sites],
+            "never_awaited": [dict(entry) for entry in self.never_awaited],
         }
 
 
@@ -127,44 +130,9 @@ def _name_of(obj: Any) -> str:
     return name if isinstance(name, str) else type(obj).__qualname__
 
 
-def _frame_line(frame: Any, owner: Any) -> str:
-    code = frame.f_code
-    return f"{code.co_filename}:{frame.f_lineno} in {getattr(code, 'co_qualname', _name_of(owner))}"
-
-
 def _awaiting(task: Any) -> tuple[str, ...]:
     """The await chain of a pending task, outermost coroutine first."""
-    lines: list[str] = []
-    try:
-        current = coro_of(task)
-        for _ in range(MAX_AWAIT_DEPTH):
-            frame = getattr(current, "cr_frame", None) or getattr(current, "gi_frame", None)
-            if frame is None:
-                frame = getattr(current, "ag_frame", None)
-            if frame is None:
-                break
-            lines.append(_frame_line(frame, current))
-            following = (
-                getattr(current, "cr_await", None)
-                or getattr(current, "gi_yieldfrom", None)
-                or getattr(current, "ag_await", None)
-            )
-            if following is None or not (
-                hasattr(following, "cr_frame")
-                or hasattr(following, "gi_frame")
-                or hasattr(following, "ag_frame")
-            ):
-                break
-            current = following
-        waiter = waiter_of(task)
-        if waiter is not None:
-            if getattr(type(waiter), "get_coro", None) is not None:
-                lines.append(f"-> Task {waiter.get_name()!r} ({_name_of(coro_of(waiter))})")
-            else:
-                lines.append(f"-> {type(waiter).__qualname__}")
-    except Exception:
-        pass
-    return tuple(lines)
+    return await_chain(task)
 
 
 class _Group:
@@ -237,12 +205,16 @@ def group_tasks(tasks: Iterable[Any], recorder: SiteRecorder) -> tuple[SiteSnaps
 
 
 def take_snapshot(
-    recorder: SiteRecorder, shape: Optional[Shape], loops: Iterable[Any] = ()
+    recorder: SiteRecorder,
+    shape: Optional[Shape],
+    loops: Iterable[Any] = (),
+    never_awaited: tuple[dict[str, Any], ...] = (),
 ) -> Snapshot:
     """The live tasks now, by creation site (see :func:`asyncio_agent.snapshot`).
 
     ``shape`` says how to list them (agent.interp.shape); ``loops`` are the loops the
-    agent has seen, asked for their pending tasks where the interpreter lists no more.
+    agent has seen, asked for their pending tasks where the interpreter lists no more;
+    ``never_awaited`` the tally of never-awaited coroutines so far.
     """
     listed = live_tasks(shape, loops)
     source, complete = listed.source, listed.complete
@@ -251,4 +223,4 @@ def take_snapshot(
         total = len(listed.tasks)
     finally:
         del listed  # the only strong references: gone before we return
-    return Snapshot(time.time(), os.getpid(), total, source, complete, sites)
+    return Snapshot(time.time(), os.getpid(), total, source, complete, sites, never_awaited)

@@ -58,13 +58,19 @@ class SnapshotDumper:
     """Writes ``asyncio.tasks.snapshot`` events when asked by signal or timer."""
 
     def __init__(
-        self, settings: Settings, reporter: Reporter, sink: Sink, take: Callable[[], Snapshot]
+        self,
+        settings: Settings,
+        reporter: Reporter,
+        sink: Sink,
+        take: Callable[[], Snapshot],
+        after_dump: Optional[Callable[[], None]] = None,
     ) -> None:
         self._signal_name = settings.dump_signal
         self._interval = settings.snapshot_interval
         self._reporter = reporter
         self._sink = sink
         self._take = take
+        self._after_dump = after_dump  # e.g. the stuck-task check, after each snapshot
         self._growth = GrowthTracker()
         self._requested = False
         self._previous: _Handler = None
@@ -161,7 +167,10 @@ class SnapshotDumper:
             "source": snapshot.source,
             "tasks": "all" if snapshot.complete else "pending only",
             "sites": [site_to_dict(site) for site in snapshot.sites],
+            "never_awaited": [dict(entry) for entry in snapshot.never_awaited],
             "pid": snapshot.pid,
             "_timestamp": snapshot.timestamp,
         }
         self._sink.emit_snapshot(fields, growing)
+        if self._after_dump is not None:
+            self._after_dump()

@@ -62,11 +62,13 @@ def main() -> None:
     parser.add_argument("--scale", type=float, help="workload size for all (1 = full)")
     parser.add_argument("--workloads", default="create_gather,fan_out_tree,echo_server")
     parser.add_argument("--output", default=str(HERE / "results"))
+    parser.add_argument("--variants", default=",".join(COUNTED), help="names from bench/run.py")
     options = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
     workloads = options.workloads.split(",")
-    variants = [v for v in VARIANTS if v.name in COUNTED]
+    wanted = options.variants.split(",")
+    variants = [v for v in VARIANTS if v.name in wanted]
     counts: dict[str, dict[str, float]] = {}
     for workload in workloads:
         counts[workload] = {}

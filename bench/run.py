@@ -58,6 +58,12 @@ VARIANTS = [
     Variant("agent", AGENT_ON),
     Variant("agent_python_path", {**AGENT_ON, "ASYNCIO_AGENT_SPEEDUPS": "0"}),
     Variant("agent_full_stacks", {**AGENT_ON, "ASYNCIO_AGENT_STACK_DEPTH": "64"}),
+    # CPython's coroutine origin tracking (never-awaited coroutines' creation site):
+    # it costs on every coroutine created, task or not.
+    Variant("agent_origin_1", {**AGENT_ON, "ASYNCIO_AGENT_COROUTINE_ORIGIN": "1"}),
+    Variant("agent_origin_8", {**AGENT_ON, "ASYNCIO_AGENT_COROUTINE_ORIGIN": "8"}),
+    # The stuck-task check: one pass over the live tasks every 0.5 s.
+    Variant("agent_stuck", {**AGENT_ON, "ASYNCIO_AGENT_STUCK_S": "1"}),
     Variant("debug_mode", {"PYTHONASYNCIODEBUG": "1"}, slow=True),
     Variant("aiomonitor", peer="aiomonitor", slow=True),
     Variant("otel_asyncio", peer="otel"),

@@ -188,12 +188,14 @@ def test_doctor_shows_activation_settings_warnings_and_features(tmp_path: Path) 
     else:
         assert capabilities["live_tasks"].startswith("asyncio.tasks.")
     assert features["hot_path"].startswith(("compiled", "Python ("))
+    assert features["never_awaited_hook"].startswith(("compiled prelude", "Python twin"))
 
     text = agent_cli(
         "doctor", cwd=tmp_path, env={"PYTHONPATH": str(REPO / "sitecustomize_example")}
     )
     assert "would activate       no: ASYNCIO_AGENT is not set" in text.stdout
     assert "hot path             " in text.stdout
+    assert "never-awaited hook   " in text.stdout
     assert "sitecustomize:" in text.stdout
 
 

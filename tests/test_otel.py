@@ -596,3 +596,59 @@ def test_opentelemetry_asyncio_instrumentation_does_not_take_the_creation_site(
     result = run(source)
     [event] = result.anomalies()
     assert (event["creation_function"], event["creation_line"]) == ("main", line_of(source, "SITE"))
+
+
+NEVER_AWAITED_PROGRAM = (
+    PRELUDE
+    + """
+async def fetch():
+    pass
+
+async def handle_order():
+    tracer = trace.get_tracer("app")
+    with tracer.start_as_current_span("GET /orders"):
+        fetch()  # SITE-DROPPED
+        kept = fetch()  # SITE-KEPT
+    del kept  # outside the request: its creation context is not known here
+
+exporter, reader = setup()
+asyncio.run(handle_order())
+dump(exporter, reader)
+"""
+)
+
+
+@pytest.mark.parametrize("origin", ["0", "4"])
+def test_never_awaited_coroutine_is_an_error_span_in_its_creation_trace(
+    run: Runner, origin: str
+) -> None:
+    result = run(NEVER_AWAITED_PROGRAM, env={"ASYNCIO_AGENT_COROUTINE_ORIGIN": origin})
+    data = exported(result)
+    request = named(data["spans"], "GET /orders")
+    spans = [s for s in data["spans"] if s["name"] == "asyncio.coroutine.never_awaited"]
+    assert len(spans) == 2
+    dropped, kept = spans
+    for span in spans:
+        assert span["status"]["status_code"] == "ERROR"
+        assert span["status"]["description"] == "coroutine 'fetch' was never awaited"
+        assert span["attributes"]["asyncio.coroutine"] == "fetch"
+    # Its last reference went at the line that created it: the trace current there is
+    # its creation trace (known only with origin tracking, which names that line).
+    if origin == "4":
+        assert dropped["parent_id"] == request["context"]["span_id"]
+        assert dropped["context"]["trace_id"] == request["context"]["trace_id"]
+        assert dropped["attributes"]["code.lineno"] == line_of(
+            NEVER_AWAITED_PROGRAM, "# SITE-DROPPED"
+        )
+        assert kept["attributes"]["code.lineno"] == line_of(NEVER_AWAITED_PROGRAM, "# SITE-KEPT")
+        event = result.of_kind("asyncio.coroutine.never_awaited")[0]
+        assert event["trace_id"] == request["context"]["trace_id"][2:]
+    else:
+        assert dropped["parent_id"] is None
+        assert "code.lineno" not in dropped["attributes"]
+    assert kept["parent_id"] is None  # died elsewhere: a root span
+    points = data["metrics"]["asyncio.task.anomalies"]
+    assert {p["attributes"]["asyncio.event"] for p in points} == {"asyncio.coroutine.never_awaited"}
+    assert sum(p["value"] for p in points) == 2
+    # One count per creation site: two known lines, or one "unknown".
+    assert len(points) == (2 if origin == "4" else 1)

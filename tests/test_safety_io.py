@@ -171,6 +171,7 @@ VALID = {
     ("SKIP_MODULES", "too_large"),
     ("DUMP_SIGNAL", "empty"),  # off
     ("SNAPSHOT_INTERVAL", "empty"),  # off, like DUMP_SIGNAL
+    ("STUCK_S", "empty"),  # off, like SNAPSHOT_INTERVAL
 }
 
 

@@ -148,11 +148,22 @@ def _features() -> dict[str, Any]:
     }
 
 
+def _never_awaited_hook(speedups: bool) -> str:
+    from ..interp.compiled import prelude_type
+
+    if not speedups:
+        return "Python twin of CPython's function (ASYNCIO_AGENT_SPEEDUPS=0)"
+    if prelude_type() is None:
+        return "Python twin of CPython's function (asyncio_agent.interp._prelude is not built)"
+    return "compiled prelude (asyncio_agent.interp._prelude)"
+
+
 def collect() -> dict[str, Any]:
     """Everything ``doctor`` reports, as plain values."""
     settings, warnings = _settings()
     features = _features()
     features["hot_path"] = hot_path_status(bool(settings.get("speedups", True)))
+    features["never_awaited_hook"] = _never_awaited_hook(bool(settings.get("speedups", True)))
     return {
         "agent_version": _version("asyncio-agent"),
         "activation": _activation(),
@@ -212,6 +223,7 @@ def render_text(facts: dict[str, Any]) -> str:
     lines.append(f"  create_task          {capabilities['create_task_signature']}")
     lines.append(f"  structlog            {features['structlog'] or 'MISSING (required)'}")
     lines.append(f"  hot path             {features['hot_path']}")
+    lines.append(f"  never-awaited hook   {features['never_awaited_hook']}")
     if features["asyncio_debug_env"]:
         lines.append(f"  PYTHONASYNCIODEBUG   {features['asyncio_debug_env']} (slow: debug mode)")
     return "\n".join(lines) + "\n"

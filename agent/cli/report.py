@@ -19,7 +19,10 @@ from typing import Any, Optional, TextIO
 KINDS = {
     "asyncio.task.destroyed_pending": "destroyed pending",
     "asyncio.task.exception_unretrieved": "exception unretrieved",
+    "asyncio.coroutine.never_awaited": "never awaited",
+    "asyncio.task.stuck": "stuck",
 }
+NEVER_AWAITED = "asyncio.coroutine.never_awaited"
 SUPPRESSED_EVENT = "asyncio.agent.reports_suppressed"
 DROPPED_EVENT = "asyncio.agent.reports_dropped"
 
@@ -32,6 +35,9 @@ class Group:
     creation_file: Optional[str]
     creation_line: Optional[int]
     creation_function: Optional[str]
+    where: str = "created"
+    """``created``, or ``collected`` for never-awaited coroutines whose creation site is
+    unknown (no origin tracking): then grouped by where they were collected."""
     written: int = 0
     """Events written for this site (each one report)."""
     suppressed: int = 0
@@ -53,7 +59,8 @@ class Group:
         """``file:line in function``, or ``<unknown>``."""
         if not self.creation_file:
             return "<unknown>"
-        return f"{self.creation_file}:{self.creation_line} in {self.creation_function}"
+        place = f"{self.creation_file}:{self.creation_line} in {self.creation_function}"
+        return place if self.where == "created" else f"(collected at) {place}"
 
     def add(self, event: dict[str, Any]) -> None:
         """Add one written event."""
@@ -95,6 +102,7 @@ class Group:
             "creation_file": self.creation_file,
             "creation_line": self.creation_line,
             "creation_function": self.creation_function,
+            "site_is": self.where,
             "count": self.count,
             "written": self.written,
             "suppressed": self.suppressed,
@@ -193,12 +201,16 @@ def _read_line(line: str, summary: Summary, groups: dict[tuple[Any, ...], Group]
         else:
             summary.foreign_lines += 1
         return
-    line_no = event.get("creation_line")
+    prefix, where = "creation", "created"
+    if name == NEVER_AWAITED and not event.get("creation_file") and event.get("collected_file"):
+        prefix, where = "collected", "collected"  # no origin tracking: where it died
+    line_no = event.get(f"{prefix}_line")
     key = (
         event["suppressed_event"] if suppressed else name,
-        _text(event.get("creation_file")),
+        _text(event.get(f"{prefix}_file")),
         line_no if isinstance(line_no, int) else None,
-        _text(event.get("creation_function")),
+        _text(event.get(f"{prefix}_function")),
+        where,
     )
     group = groups.get(key)
     if group is None:
@@ -250,11 +262,20 @@ def _rows(summary: Summary) -> list[tuple[str, ...]]:
     return rows
 
 
+_TASK_KINDS = ("asyncio.task.destroyed_pending", "asyncio.task.exception_unretrieved")
+
+
+def _noun(summary: Summary) -> str:
+    if all(group.kind in _TASK_KINDS for group in summary.groups):
+        return "lost tasks reported by CPython"
+    return "anomalies (lost tasks, never-awaited coroutines, stuck tasks)"
+
+
 def _footer(summary: Summary) -> list[str]:
     written = sum(group.written for group in summary.groups)
     suppressed = sum(group.suppressed for group in summary.groups)
     lines = [
-        f"{summary.total} lost tasks reported by CPython: {written} written as events, "
+        f"{summary.total} {_noun(summary)}: {written} written as events, "
         f"{suppressed} counted by the rate limit, {summary.dropped} dropped (queue full, "
         f"site unknown); {len(summary.groups)} groups, from {len(summary.files)} file(s), "
         f"{summary.lines} lines"

@@ -1,4 +1,4 @@
-"""The compiled hot path (``asyncio_agent.interp._speedups``, from ``_speedups.c``).
+"""The compiled modules: the hot path (``_speedups.c``) and the frameless prelude.
 
 Owns loading it and deciding whether it may run. It reads CPython's frame records, whose
 layout is private to each CPython version, so before it is used its walk is checked
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 from types import CodeType, FrameType, ModuleType
-from typing import Optional
+from typing import Any, Optional
 
 from ..notices import warn_once
 from .shape import simulated
@@ -88,3 +88,12 @@ def status(enabled: bool = True) -> str:
     if not enabled:
         return "Python (ASYNCIO_AGENT_SPEEDUPS=0)"
     return "compiled (asyncio_agent.interp._speedups)"
+
+
+def prelude_type() -> Any:
+    """``Prelude`` of the compiled ``asyncio_agent.interp._prelude`` (a callable that runs
+    a prelude, then its target, adding no frame: agent.interp.unfinished), or None."""
+    try:
+        return importlib.import_module("._prelude", __package__).Prelude
+    except Exception:
+        return None

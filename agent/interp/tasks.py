@@ -40,8 +40,7 @@ def coroutine_name(task: Any) -> Optional[str]:
         coro = coro_of(task)
         if coro is None:
             return None
-        name = getattr(coro, "__qualname__", None)
-        return name if isinstance(name, str) else str(type(coro).__qualname__)
+        return _name_of(coro)
     except Exception:
         return None
 
@@ -69,6 +68,56 @@ def source_traceback(task: Any) -> Any:
         return getattr(task, "_source_traceback", None)
     except Exception:
         return None
+
+
+MAX_AWAIT_DEPTH = 32
+
+
+def _name_of(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None)
+    return name if isinstance(name, str) else str(type(obj).__qualname__)
+
+
+def _frame_line(frame: Any, owner: Any) -> str:
+    code = frame.f_code
+    return f"{code.co_filename}:{frame.f_lineno} in {getattr(code, 'co_qualname', _name_of(owner))}"
+
+
+def await_chain(task: Any) -> tuple[str, ...]:
+    """Where a pending task is suspended: each coroutine of its await chain as
+    ``"file:line in function"``, outermost first, then what the innermost one waits on
+    (``"-> Future"``, ``"-> Task 'name' (coro)"``). Empty if nothing can be read."""
+    lines: list[str] = []
+    try:
+        current = coro_of(task)
+        for _ in range(MAX_AWAIT_DEPTH):
+            frame = getattr(current, "cr_frame", None) or getattr(current, "gi_frame", None)
+            if frame is None:
+                frame = getattr(current, "ag_frame", None)
+            if frame is None:
+                break
+            lines.append(_frame_line(frame, current))
+            following = (
+                getattr(current, "cr_await", None)
+                or getattr(current, "gi_yieldfrom", None)
+                or getattr(current, "ag_await", None)
+            )
+            if following is None or not (
+                hasattr(following, "cr_frame")
+                or hasattr(following, "gi_frame")
+                or hasattr(following, "ag_frame")
+            ):
+                break
+            current = following
+        waiter = waiter_of(task)
+        if waiter is not None:
+            if is_task(waiter):
+                lines.append(f"-> Task {waiter.get_name()!r} ({_name_of(coro_of(waiter))})")
+            else:
+                lines.append(f"-> {type(waiter).__qualname__}")
+    except Exception:
+        pass
+    return tuple(lines)
 
 
 class LiveTasks(NamedTuple):

@@ -9,10 +9,13 @@ never raise into the reporter (it counts a failure as lost output and says so on
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..report import Report
 from ..sites import Site
+
+if TYPE_CHECKING:
+    from ..findings import LeftPending, NeverAwaited, StuckTask
 
 
 class Sink:
@@ -21,6 +24,15 @@ class Sink:
     def emit(self, report: Report) -> None:
         """Write one report."""
         raise NotImplementedError
+
+    def emit_never_awaited(self, finding: NeverAwaited) -> None:
+        """A coroutine CPython warned about: it was never awaited."""
+
+    def emit_stuck(self, finding: StuckTask) -> None:
+        """A task pending far longer than its siblings from the same site."""
+
+    def emit_left_pending(self, finding: LeftPending) -> None:
+        """A task a test left pending (the pytest plugin writes these itself)."""
 
     def emit_dropped(self, count: int) -> None:
         """``count`` reports were dropped because the queue was full."""

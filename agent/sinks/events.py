@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Optional, TextIO
 
 from ..config import Settings
+from ..findings import NEVER_AWAITED, NeverAwaited, StuckTask, origin_site
 from ..notices import warn_once
 from ..privacy import PathRewriter
 from ..ratelimit import SUPPRESSED_EVENT
@@ -65,6 +66,64 @@ def report_fields(report: Report, paths: Optional[PathRewriter] = None) -> dict[
     return fields
 
 
+def _common_tail(fields: dict[str, Any], span: object, pid: int, thread: Any, stamp: float) -> None:
+    ids = hex_ids(span)
+    if ids is not None:
+        fields["trace_id"], fields["span_id"] = ids
+    fields["pid"] = pid
+    fields["thread"] = thread
+    fields["_timestamp"] = stamp
+
+
+def never_awaited_fields(
+    finding: NeverAwaited, paths: Optional[PathRewriter] = None
+) -> dict[str, Any]:
+    """The event fields of a never-awaited coroutine (without event, level, timestamp).
+
+    ``creation_*`` come from CPython's origin tracking (ASYNCIO_AGENT_COROUTINE_ORIGIN)
+    and are null without it; ``collected_*`` name the code that was running when the
+    coroutine was finalized, the line CPython's own warning points at.
+    """
+    paths = paths or _KEEP_PATHS
+    site = origin_site(finding.origin)
+    collected = finding.collected
+    fields: dict[str, Any] = {
+        "coroutine": finding.coroutine,
+        "creation_file": paths.path(site[0]) if site else None,
+        "creation_line": site[1] if site else None,
+        "creation_function": site[2] if site else None,
+        "creation_stack": paths.stack(list(site[3])) if site else [],
+        "collected_file": paths.path(collected[0]) if collected else None,
+        "collected_line": collected[1] if collected else None,
+        "collected_function": collected[2] if collected else None,
+        "garbage_collected": finding.garbage_collected,
+        "at_shutdown": finding.at_shutdown,
+    }
+    _common_tail(fields, finding.span, finding.pid, finding.thread, finding.timestamp)
+    return fields
+
+
+def stuck_fields(finding: StuckTask, paths: Optional[PathRewriter] = None) -> dict[str, Any]:
+    """The event fields of a stuck task (without event, level, timestamp)."""
+    paths = paths or _KEEP_PATHS
+    site = finding.site
+    fields: dict[str, Any] = {
+        "task_name": finding.task_name,
+        "coroutine": finding.coroutine,
+        "creation_file": paths.path(site.filename) if site else None,
+        "creation_line": site.lineno if site else None,
+        "creation_function": site.function if site else None,
+        "creation_stack": paths.stack(list(site.stack)) if site else [],
+        "task_age_s": round(finding.task_age_s, 3),
+        "awaiting": paths.stack(list(finding.awaiting)),
+        "siblings": finding.siblings,
+        "siblings_median_age_s": round(finding.siblings_median_age_s, 3),
+        "also_stuck": finding.also_stuck,
+    }
+    _common_tail(fields, finding.span, finding.pid, finding.thread, finding.timestamp)
+    return fields
+
+
 def _iso_utc(epoch: float) -> str:
     # time.strftime, not datetime: datetime's strftime imports a module on first use,
     # and reports written during interpreter teardown can no longer import.
@@ -89,11 +148,16 @@ def _leading_keys_first(_logger: Any, _method: str, event_dict: dict[str, Any]) 
 def _console_blocks(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Move the stack and traceback below the line, where ConsoleRenderer prints text."""
     stack = event_dict.pop("creation_stack", None) or []
+    awaiting = event_dict.pop("awaiting", None) or []
     text = event_dict.pop("traceback", None)
     block = ""
     if stack:
-        block += "Task created at (most recent call last):\n"
+        what = "Coroutine" if event_dict.get("event") == NEVER_AWAITED else "Task"
+        block += f"{what} created at (most recent call last):\n"
         block += "".join(f"  {frame}\n" for frame in stack)
+    if awaiting:
+        block += "Awaiting (outermost first):\n"
+        block += "".join(f"  {frame}\n" for frame in awaiting)
     if text:
         block += text
     if block:
@@ -322,6 +386,14 @@ class EventSink(Sink):
     def emit(self, report: Report) -> None:
         """Write ``report`` as one event named after its kind."""
         self._logger_now().error(report.kind, **report_fields(report, self._paths))
+
+    def emit_never_awaited(self, finding: NeverAwaited) -> None:
+        """Write one ``asyncio.coroutine.never_awaited`` event."""
+        self._logger_now().error(finding.kind, **never_awaited_fields(finding, self._paths))
+
+    def emit_stuck(self, finding: StuckTask) -> None:
+        """Write one ``asyncio.task.stuck`` event (a warning: it may yet finish)."""
+        self._logger_now().warning(finding.kind, **stuck_fields(finding, self._paths))
 
     def emit_dropped(self, count: int) -> None:
         """Write one ``asyncio.agent.reports_dropped`` event."""

@@ -12,9 +12,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from .. import otelenv
+from ..findings import NeverAwaited, StuckTask, origin_site
 from ..notices import warn_once
 from ..report import EXCEPTION_UNRETRIEVED, Report
 from ..sites import Site
@@ -52,6 +53,66 @@ def span_attributes(report: Report) -> dict[str, Any]:
     }
     # OpenTelemetry rejects None attribute values (with a log line each).
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _clean(values: dict[str, Any]) -> dict[str, Any]:
+    # OpenTelemetry rejects None attribute values (with a log line each).
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def never_awaited_attributes(finding: NeverAwaited) -> dict[str, Any]:
+    """Span attributes of a never-awaited coroutine: ``code.*`` is where it was created
+    (when origin tracking knows it), ``asyncio.coroutine.collected_at`` where it died."""
+    site = origin_site(finding.origin)
+    collected = finding.collected
+    return _clean(
+        {
+            "code.filepath": site[0] if site else None,
+            "code.lineno": site[1] if site else None,
+            "code.function": site[2] if site else None,
+            "code.stacktrace": "\n".join(site[3]) if site else None,
+            "asyncio.coroutine": finding.coroutine,
+            "asyncio.coroutine.collected_at": (
+                f"{collected[0]}:{collected[1]} in {collected[2]}" if collected else None
+            ),
+            "asyncio.at_shutdown": finding.at_shutdown,
+            "thread.name": finding.thread,
+            "process.pid": finding.pid,
+        }
+    )
+
+
+def stuck_attributes(finding: StuckTask) -> dict[str, Any]:
+    """Span attributes of a stuck task."""
+    site = finding.site
+    return _clean(
+        {
+            "code.filepath": site.filename if site else None,
+            "code.lineno": site.lineno if site else None,
+            "code.function": site.function if site else None,
+            "code.stacktrace": "\n".join(site.stack) if site else None,
+            "asyncio.task.name": finding.task_name,
+            "asyncio.task.coroutine": finding.coroutine,
+            "asyncio.task.age_s": finding.task_age_s,
+            "asyncio.task.awaiting": "\n".join(finding.awaiting) or None,
+            "asyncio.task.siblings": finding.siblings,
+            "asyncio.task.siblings_median_age_s": finding.siblings_median_age_s,
+            "thread.name": finding.thread,
+            "process.pid": finding.pid,
+        }
+    )
+
+
+class _SpanData(NamedTuple):
+    """What one anomaly span is made of."""
+
+    kind: str
+    packed_span: object  # the ids of the span current at creation (agent.tracing.pack)
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    description: str
+    exception: Optional[dict[str, Any]] = None
 
 
 def _is_real_meter_provider(provider: object) -> bool:
@@ -221,7 +282,7 @@ class OtelSink(Sink):
             ANOMALIES_METRIC,
             unit="{task}",
             description="Tasks CPython reported as destroyed pending or with an "
-            "exception never retrieved",
+            "exception never retrieved, coroutines never awaited, and stuck tasks",
         )
 
         def observe_live(_options: Any) -> Iterator[Any]:
@@ -240,7 +301,33 @@ class OtelSink(Sink):
     # -- reports ---------------------------------------------------------------------
 
     def emit(self, report: Report) -> None:
-        """Record ``report`` as one span and one counter increment."""
+        """Record ``report`` as one span (over the task's life) and one counter increment."""
+        end_ns = int(report.timestamp * 1e9)
+        age = report.task_age_s
+        exception: Optional[dict[str, Any]] = None
+        if report.kind == EXCEPTION_UNRETRIEVED:
+            description = f"{report.exception_type}: {report.exception_message}"
+            exception = {
+                "exception.type": report.exception_type,
+                "exception.message": report.exception_message,
+                "exception.stacktrace": report.traceback_text(),
+            }
+        else:
+            description = "Task was destroyed but it is pending!"
+        data = _SpanData(
+            report.kind,
+            report.span,
+            end_ns - int(age * 1e9) if age is not None else end_ns,  # the task's life
+            end_ns,
+            span_attributes(report),
+            description,
+            exception,
+        )
+        self._record(data, report.site, report.at_shutdown)
+
+    def _record(self, data: _SpanData, site: Optional[Site], at_shutdown: bool) -> None:
+        """One ERROR span (a child of the span current at creation, if known) and one
+        count in the anomalies metric: what every kind of report and finding becomes."""
         if self._closed or not self._wanted():
             return
         with self._lock:
@@ -248,12 +335,11 @@ class OtelSink(Sink):
             # While the exporter is still inside a call that missed its deadline, the
             # span is skipped (said once, when it got stuck); the event is written.
             if tracer is not None and not (self._stuck and self._bounded.busy()):
-                self._end_span_bounded(tracer, report)
+                self._end_span_bounded(lambda: self._span(tracer, data))
             if self._counter is not None:
-                attributes = self._metric_attributes(report.site, report.kind, report.at_shutdown)
-                self._counter.add(1, attributes)
+                self._counter.add(1, self._metric_attributes(site, data.kind, at_shutdown))
 
-    def _end_span_bounded(self, tracer: Any, report: Report) -> None:
+    def _end_span_bounded(self, make_span: Callable[[], None]) -> None:
         # The application's span processor may export inside span.end() (a
         # SimpleSpanProcessor): end the span in the export helper thread, so an exporter
         # that never returns holds up the anomaly spans, never the reporter's events.
@@ -261,7 +347,7 @@ class OtelSink(Sink):
 
         def end_span() -> None:
             try:
-                self._span(tracer, report)
+                make_span()
             except Exception as exc:
                 failed.append(exc)
 
@@ -282,47 +368,23 @@ class OtelSink(Sink):
                 f"(pid {os.getpid()})",
             )
 
-    def _span(self, tracer: Any, report: Report) -> None:
-        from opentelemetry import context, trace
+    def _span(self, tracer: Any, data: _SpanData) -> None:
+        from opentelemetry import trace
 
-        ids = unpack(report.span)
-        if ids is None:
-            parent = context.Context()  # no span was current at creation: a root span
-        else:
-            trace_id, span_id, sampled = ids
-            remembered = trace.SpanContext(
-                trace_id=trace_id,
-                span_id=span_id,
-                is_remote=False,
-                trace_flags=trace.TraceFlags(1 if sampled else 0),
-            )
-            parent = trace.set_span_in_context(trace.NonRecordingSpan(remembered))
-        end_ns = int(report.timestamp * 1e9)
-        age = report.task_age_s
-        # The span covers the task's life: from its creation to the report.
-        start_ns = end_ns - int(age * 1e9) if age is not None else end_ns
         span = tracer.start_span(
-            report.kind,
-            context=parent,
-            attributes=span_attributes(report),
-            start_time=start_ns,
+            data.kind,
+            context=self._parent(data.packed_span),
+            attributes=data.attributes,
+            start_time=data.start_ns,
         )
-        if report.kind == EXCEPTION_UNRETRIEVED:
-            description = f"{report.exception_type}: {report.exception_message}"
-            event: dict[str, Any] = {
-                "exception.type": report.exception_type,
-                "exception.message": report.exception_message,
-                "exception.stacktrace": report.traceback_text(),
-            }
+        if data.exception is not None:
             span.add_event(
                 "exception",
-                {key: value for key, value in event.items() if value is not None},
-                timestamp=end_ns,
+                {key: value for key, value in data.exception.items() if value is not None},
+                timestamp=data.end_ns,
             )
-        else:
-            description = "Task was destroyed but it is pending!"
-        span.set_status(trace.Status(trace.StatusCode.ERROR, description))
-        span.end(end_time=end_ns)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, data.description))
+        span.end(end_time=data.end_ns)
 
     def _metric_attributes(
         self, site: Optional[Site], kind: str, at_shutdown: bool
@@ -338,6 +400,51 @@ class OtelSink(Sink):
             "asyncio.task.site": value,
             "asyncio.at_shutdown": at_shutdown,
         }
+
+    def emit_never_awaited(self, finding: NeverAwaited) -> None:
+        """One ERROR span (in the trace current where the coroutine was created, when
+        known; else a root span) and one count in the anomalies metric."""
+        end_ns = int(finding.timestamp * 1e9)
+        data = _SpanData(
+            finding.kind,
+            finding.span,
+            end_ns,
+            end_ns,
+            never_awaited_attributes(finding),
+            f"coroutine '{finding.coroutine}' was never awaited",
+        )
+        self._record(data, finding.site, finding.at_shutdown)
+
+    def emit_stuck(self, finding: StuckTask) -> None:
+        """One ERROR span from the task's creation to the check (in the trace that
+        created it) and one count in the anomalies metric."""
+        end_ns = int(finding.timestamp * 1e9)
+        data = _SpanData(
+            finding.kind,
+            finding.span,
+            end_ns - int(finding.task_age_s * 1e9),
+            end_ns,
+            stuck_attributes(finding),
+            f"pending for {finding.task_age_s:.0f} s, far longer than its "
+            f"{finding.siblings} sibling(s) (median {finding.siblings_median_age_s:.3g} s)",
+        )
+        self._record(data, finding.site, at_shutdown=False)
+
+    @staticmethod
+    def _parent(packed_span: object) -> Any:
+        from opentelemetry import context, trace
+
+        ids = unpack(packed_span)
+        if ids is None:
+            return context.Context()  # no span known at creation: a root span
+        trace_id, span_id, sampled = ids
+        remembered = trace.SpanContext(
+            trace_id=trace_id,
+            span_id=span_id,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(1 if sampled else 0),
+        )
+        return trace.set_span_in_context(trace.NonRecordingSpan(remembered))
 
     def emit_suppressed(
         self, site: Optional[Site], kind: str, count: int, at_shutdown: bool = False
