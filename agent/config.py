@@ -50,6 +50,9 @@ class Settings(NamedTuple):
     """Signal name (``SIGUSR1``) that writes a task snapshot event; empty = off."""
     snapshot_interval: float = 0.0
     """Seconds between task snapshot events; 0 = off."""
+    block_ms: int = 100
+    """A loop that does not run for longer than this many milliseconds is reported in an
+    ``asyncio.loop.blocked`` event; 0 = off (no heartbeat, no watchdog thread)."""
     speedups: bool = True
     """Use the compiled hot path (``asyncio_agent._speedups``) where it was built; ``False``
     runs the same logic in Python."""
@@ -68,6 +71,7 @@ _ENV_FIELDS = {
     "DUMP_SIGNAL": "dump_signal",
     "SNAPSHOT_INTERVAL": "snapshot_interval",
     "SPEEDUPS": "speedups",
+    "BLOCK_MS": "block_ms",
 }
 # Names that are read elsewhere (activation) and so are not unknown.
 _OTHER_KNOWN = frozenset({ENV_PREFIX})
@@ -155,6 +159,18 @@ def _speedups(name: str, raw: object) -> bool:
     return True
 
 
+MIN_BLOCK_MS = 10
+"""The smallest blocking threshold: the heartbeat runs every quarter of it."""
+
+
+def _block_ms(name: str, raw: object) -> int:
+    value = _whole_number(name, raw, 100, 0, 3_600_000)
+    if 0 < value < MIN_BLOCK_MS:
+        warn_once(name, f"{name}={raw!r} is below {MIN_BLOCK_MS}; using {MIN_BLOCK_MS}")
+        return MIN_BLOCK_MS
+    return value
+
+
 def _path_root(name: str, raw: object) -> Optional[str]:
     if raw is None:
         return None
@@ -219,6 +235,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "dump_signal": _signal_name,
     "snapshot_interval": _seconds,
     "speedups": _speedups,
+    "block_ms": _block_ms,
 }
 
 

@@ -1,4 +1,5 @@
-"""pytest plugin: a test fails when it loses a task (destroyed pending, exception unread).
+"""pytest plugin: a test fails when it loses a task (destroyed pending, exception unread),
+and, when asked, when it blocks its event loop for longer than a limit.
 
 Owns the ``--asyncio-agent`` options, the ``asyncio_agent_allow`` marker and per-test
 attribution. Does nothing unless asked (``--asyncio-agent`` or ini ``asyncio_agent``);
@@ -17,6 +18,7 @@ from typing import Any, Optional, Union
 import pytest
 
 from .report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report, Suppressed
+from .stall import BLOCKED, IN_CALLBACK, IN_TASK, Stall
 
 MARK = "asyncio_agent_allow"
 MODES = ("fail", "error", "warn")
@@ -28,9 +30,12 @@ _KINDS = {
     "unretrieved": EXCEPTION_UNRETRIEVED,
     "exception": EXCEPTION_UNRETRIEVED,
     EXCEPTION_UNRETRIEVED: EXCEPTION_UNRETRIEVED,
+    "blocked": BLOCKED,
+    BLOCKED: BLOCKED,
 }
 Lost = Union[Report, Suppressed]
-_LEAKS_KEY = pytest.StashKey[list[Lost]]()
+Heard = Union[Report, Suppressed, Stall]
+_FAILURE_KEY = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,7 +56,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="asyncio_agent_mode",
         help="what a lost task does to its test: fail (default), error (a teardown error) or warn",
     )
+    group.addoption(
+        "--asyncio-agent-block-ms",
+        type=int,
+        default=None,
+        dest="asyncio_agent_block_ms",
+        help="also fail a test that blocks its event loop for longer than this many "
+        "milliseconds (0: off, the default), naming the blocking line and the task",
+    )
     parser.addini("asyncio_agent", "switch the asyncio-agent plugin on", type="bool", default=False)
+    parser.addini(
+        "asyncio_agent_block_ms",
+        "fail tests that block their event loop longer than this (ms; 0: off)",
+        default="0",
+    )
     parser.addini(
         "asyncio_agent_mode", "fail, error or warn (see --asyncio-agent-mode)", default="fail"
     )
@@ -76,7 +94,18 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"asyncio_agent_mode = {mode!r}: expected one of {', '.join(MODES)}"
         )
-    config.pluginmanager.register(AgentPlugin(mode), "asyncio-agent-plugin")
+    block_ms = config.getoption("asyncio_agent_block_ms", default=None)
+    if block_ms is None:
+        raw = str(config.getini("asyncio_agent_block_ms")).strip() or "0"
+        try:
+            block_ms = int(raw)
+        except ValueError:
+            raise pytest.UsageError(
+                f"asyncio_agent_block_ms = {raw!r}: expected a whole number of milliseconds"
+            ) from None
+    if block_ms < 0:
+        raise pytest.UsageError(f"asyncio_agent_block_ms = {block_ms}: expected 0 or more")
+    config.pluginmanager.register(AgentPlugin(mode, block_ms), "asyncio-agent-plugin")
 
 
 @dataclass
@@ -85,7 +114,7 @@ class _Allowance:
     coroutine: Optional[str]
     left: Optional[int]
 
-    def takes(self, report: Lost) -> bool:
+    def takes(self, report: Heard) -> bool:
         if self.left is not None and self.left <= 0:
             return False
         if self.kind is not None and report.kind != self.kind:
@@ -108,8 +137,8 @@ def _allowances(item: pytest.Item) -> list[_Allowance]:
             kind = _KINDS.get(str(raw_kind))
             if kind is None:
                 raise pytest.UsageError(
-                    f"@pytest.mark.{MARK}: kind={raw_kind!r} is not destroyed_pending or "
-                    "exception_unretrieved"
+                    f"@pytest.mark.{MARK}: kind={raw_kind!r} is not destroyed_pending, "
+                    "exception_unretrieved or blocked"
                 )
         count = mark.kwargs.get("count")
         found.append(
@@ -171,39 +200,91 @@ def describe(lost: list[Lost]) -> str:
     return "\n".join(lines)
 
 
+def _is_stall(heard: Heard) -> bool:
+    return heard.kind == BLOCKED
+
+
+def describe_stalls(stalls: list[Stall], limit_ms: int) -> str:
+    """The failure text for stalls: how long, what ran, the blocking line, its creator."""
+    lines = [
+        f"asyncio-agent: the event loop was blocked {len(stalls)} time(s) for longer than "
+        f"{limit_ms} ms during this test"
+    ]
+    for number, stall in enumerate(stalls, start=1):
+        if stall.blocked_in == IN_TASK:
+            who = f"in task {stall.task_name!r} (coroutine {stall.coroutine})"
+        elif stall.blocked_in == IN_CALLBACK:
+            who = f"in callback {stall.callback}"
+        else:
+            who = f"({stall.blocked_in.replace('_', ' ')}: no task or callback to blame)"
+        lines.append("")
+        lines.append(f"[{number}] blocked for {stall.duration_s:.3f} s {who}")
+        frames = [frame for frame in stall.blocking_stack if not _is_runner(frame)]
+        if frames:
+            lines.append("    loop blocked at (most recent call last):")
+            lines.extend(f"      {frame}" for frame in frames)
+        site = stall.site
+        if stall.blocked_in == IN_TASK and site is not None:
+            lines.append(f"    task created at {site.filename}:{site.lineno} in {site.function}")
+    lines.append("")
+    lines.append(f"If this is expected: @pytest.mark.{MARK}(kind='blocked')")
+    return "\n".join(lines)
+
+
 class AgentPlugin:
     """The active plugin: installs the agent, listens to its reports, judges each test."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, block_ms: int = 0) -> None:
         from . import runtime
 
         self.mode = mode
+        self.block_ms = block_ms
         self._installed_here = False
         if runtime.current() is None:
             # Events go nowhere unless the user asked for a file: the failures say it all.
-            options = {} if os.environ.get("ASYNCIO_AGENT_OUTPUT") else {"output": os.devnull}
+            options: dict[str, Any] = (
+                {} if os.environ.get("ASYNCIO_AGENT_OUTPUT") else {"output": os.devnull}
+            )
+            if block_ms:
+                options["block_ms"] = block_ms
             runtime.install(**options)
             self._installed_here = True
         installation = runtime.current()
         assert installation is not None
         self._reporter = installation.reporter
-        self._reports: list[Lost] = []
+        self._reports: list[Heard] = []
         self.outside: list[Lost] = []
         self._reporter.add_listener(self._on_report)
 
-    def _on_report(self, report: Lost) -> None:
+    def _on_report(self, report: Heard) -> None:
         # Reporter thread: one append, nothing else.
         self._reports.append(report)
 
-    def _take(self) -> list[Lost]:
+    def _take_all(self) -> list[Heard]:
         from . import runtime
 
         # Two passes: a cycle's finalizer can free the next cycle.
         gc.collect()
         gc.collect()
-        runtime.flush()
+        runtime.flush()  # also queues the loop stalls that have ended
         taken, self._reports = self._reports, []
         return taken
+
+    def _take(self) -> list[Lost]:
+        return [r for r in self._take_all() if not _is_stall(r)]  # type: ignore[misc]
+
+    def _judge_stalls(self, heard: list[Heard], item: pytest.Item) -> Optional[str]:
+        if not self.block_ms:
+            return None
+        allowances = [a for a in _allowances(item) if a.kind == BLOCKED]
+        stalls = [
+            r
+            for r in heard
+            if isinstance(r, Stall)
+            and r.duration_s * 1000 > self.block_ms
+            and not any(a.takes(r) for a in allowances)
+        ]
+        return describe_stalls(stalls, self.block_ms) if stalls else None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -214,15 +295,21 @@ class AgentPlugin:
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, Any, None]:
         """After the test's fixtures are gone (its loop closed): collect and judge."""
         yield
-        reports = self._take()
-        allowances = _allowances(item)
+        heard = self._take_all()
+        reports: list[Lost] = [r for r in heard if not _is_stall(r)]  # type: ignore[misc]
+        allowances = [a for a in _allowances(item) if a.kind != BLOCKED]
         unexpected = [r for r in reports if not any(a.takes(r) for a in allowances)]
-        if not unexpected:
+        texts = [describe(unexpected)] if unexpected else []
+        stalls = self._judge_stalls(heard, item)
+        if stalls is not None:
+            texts.append(stalls)
+        if not texts:
             return
+        text = "\n\n".join(texts)
         if self.mode == "warn":
-            item.warn(pytest.PytestWarning(describe(unexpected)))
+            item.warn(pytest.PytestWarning(text))
         else:
-            item.stash[_LEAKS_KEY] = unexpected
+            item.stash[_FAILURE_KEY] = text
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> bool:
@@ -237,9 +324,9 @@ class AgentPlugin:
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         reports = runtestprotocol(item, nextitem=nextitem, log=False)
-        leaks = item.stash.get(_LEAKS_KEY, None)
-        if leaks:
-            self._blame(reports, describe(leaks))
+        failure = item.stash.get(_FAILURE_KEY, None)
+        if failure:
+            self._blame(reports, failure)
         for report in reports:
             ihook.pytest_runtest_logreport(report=report)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)

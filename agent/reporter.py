@@ -21,14 +21,16 @@ from typing import Optional, Protocol, Union
 from .notices import warn_once
 from .ratelimit import RateLimiter, SuppressedCounts
 from .report import Report, Suppressed
+from .stall import Stall
 
 
 class Sink(Protocol):
     """Where finished reports go. Called from the reporter thread only.
 
-    Optional methods, called when a sink has them: ``emit_suppressed(site, kind,
-    count)``, ``flush_exports()``, ``prepare()`` (before exit: get ready to write
-    without importing), ``close_exports(timeout)`` and ``summarize_losses()``.
+    Optional methods, called when a sink has them: ``emit_blocked(stall)`` (a loop
+    stall, agent.stall), ``emit_suppressed(site, kind, count)``, ``flush_exports()``,
+    ``prepare()`` (before exit: get ready to write without importing),
+    ``close_exports(timeout)`` and ``summarize_losses()``.
     """
 
     def emit(self, report: Report) -> None:
@@ -72,8 +74,8 @@ class _Call:
         self.function = function
 
 
-_Item = Union[Report, Suppressed, _FlushMarker, _Stop, _Call, _Wake]
-Listener = Callable[[Union[Report, Suppressed]], None]
+_Item = Union[Report, Stall, Suppressed, _FlushMarker, _Stop, _Call, _Wake]
+Listener = Callable[[Union[Report, Stall, Suppressed]], None]
 
 
 class Reporter:
@@ -105,12 +107,15 @@ class Reporter:
         # Reports the rate limit held back, waiting to be counted: appended by
         # finalizers (deque.append is atomic), collected by the writer periodically.
         self._held_back: collections.deque[Suppressed] = collections.deque()
+        # Producers holding finished reports they have not submitted yet (the loop
+        # watchdog): each is asked to submit them at the start of every flush.
+        self._before_flush: list[Callable[[], None]] = []
         self._idle = False  # the writer waits with no time-out: a held-back count wakes it
         _live_reporters.add(self)
 
     # -- finalizer side --------------------------------------------------------
 
-    def submit(self, report: Union[Report, Suppressed]) -> None:
+    def submit(self, report: Union[Report, Stall, Suppressed]) -> None:
         """Queue ``report``; safe inside ``__del__``. Drops and counts when full."""
         if self._closed:
             return
@@ -143,6 +148,10 @@ class Reporter:
         (in the writer thread; must not block)."""
         self._listeners = [*self._listeners, listener]
 
+    def add_before_flush(self, submit_pending: Callable[[], None]) -> None:
+        """Call ``submit_pending()`` at the start of every flush (in the flushing thread)."""
+        self._before_flush = [*self._before_flush, submit_pending]
+
     def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
         self._listeners = [known for known in self._listeners if known is not listener]
@@ -168,6 +177,9 @@ class Reporter:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until every report queued so far is written; False on timeout."""
+        for submit_pending in self._before_flush:
+            with contextlib.suppress(Exception):
+                submit_pending()
         thread = self._thread
         if thread is None or not thread.is_alive() or thread is threading.current_thread():
             self._drain()
@@ -276,7 +288,7 @@ class Reporter:
             except Exception as exc:
                 warn_once("reporter:call", f"a background job failed ({type(exc).__name__}: {exc})")
             return
-        if isinstance(item, Report):
+        if isinstance(item, (Report, Stall)):
             for listener in self._listeners:
                 with contextlib.suppress(Exception):
                     listener(item)
@@ -286,15 +298,19 @@ class Reporter:
         if self._queue.empty():
             self._say_dropped()
 
-    def _write(self, report: Union[Report, Suppressed]) -> None:
+    def _write(self, report: Union[Report, Stall, Suppressed]) -> None:
         if isinstance(report, Suppressed):
             # Only in place, at exit, for a report held back just before the limit was
             # lifted: said at once, since nothing runs after the last finalizer.
             self._each_sink("emit_suppressed", report.site, report.kind, 1, report.at_shutdown)
             return
+        method = "emit_blocked" if isinstance(report, Stall) else "emit"
         for sink in self._sinks:
+            emit = getattr(sink, method, None)
+            if emit is None:
+                continue
             try:
-                sink.emit(report)
+                emit(report)
             except Exception as exc:  # a broken sink must never reach the application
                 if sys.is_finalizing():
                     continue  # modules are being torn down: nothing useful to say

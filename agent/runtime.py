@@ -52,6 +52,20 @@ class Installation:
         # Redaction runs in the finalizer, so the message never reaches the queue.
         submit = redacting(self.reporter.submit) if settings.redact else self.reporter.submit
         self.patcher = LoopPatcher(self.recorder, submit, self.limiter.admit)
+        # Blocking detection: a heartbeat per running loop and one watchdog thread.
+        self.watchdog: Any = None
+        self.run_patch: Any = None
+        if settings.block_ms:
+            from .heartbeat import RunForeverPatch
+            from .watchdog import Watchdog
+
+            self.watchdog = Watchdog(
+                settings.block_ms, self.recorder.decode, submit, self.limiter.admit
+            )
+            self.run_patch = RunForeverPatch(
+                self.watchdog.loop_starting, self.watchdog.loop_stopped
+            )
+            self.reporter.add_before_flush(self.watchdog.drain)
         # Snapshot dumps (signal / timer) exist only when a setting asks for them.
         self.dumper: Any = None
         if settings.dump_signal or settings.snapshot_interval:
@@ -70,6 +84,8 @@ class Installation:
 
     def _asyncio_imported(self, module: ModuleType) -> None:
         self.patcher.on_asyncio_imported(sys.modules["asyncio.base_events"])
+        if self.run_patch is not None:
+            self.run_patch.patch_class(sys.modules["asyncio.base_events"].BaseEventLoop)
         # structlog is loaded here, while the program imports asyncio and so cannot
         # have a single task yet: its thousands of allocations then cannot trigger a
         # collection that frees a lost task earlier than without the agent (as they
@@ -101,6 +117,9 @@ class Installation:
 
     def _uvloop_imported(self, module: ModuleType) -> None:
         self.patcher.on_uvloop_imported(module)
+        loop_class = getattr(module, "Loop", None)
+        if self.run_patch is not None and isinstance(loop_class, type):
+            self.run_patch.patch_class(loop_class)
         self.reporter.start()
 
     def start(self) -> None:
@@ -112,17 +131,24 @@ class Installation:
         running = _running_loop()
         if running is not None:
             self.instrument_loop(running)
+            if self.watchdog is not None:
+                self.watchdog.join_running(running)  # no run_forever wrapper on its stack
 
     def instrument_loop(self, loop: Any) -> bool:
         ok = self.patcher.patch_loop(loop)
         if ok:
             self.reporter.start()
+        if self.run_patch is not None:
+            self.run_patch.patch_class(type(loop))  # from its next run_forever on
         return ok
 
     def stop(self, timeout: float) -> None:
         self.hook.remove()
         self.span_switch.remove()
         self.patcher.unpatch_all()
+        if self.run_patch is not None:
+            self.run_patch.unpatch_all()
+            self.watchdog.stop()
         if self.dumper is not None:
             self.dumper.stop()
         self.reporter.shutdown(timeout)

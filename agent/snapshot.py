@@ -64,6 +64,15 @@ class SiteSnapshot:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoopState:
+    """One running event loop at the moment of the snapshot."""
+
+    loop_thread: str
+    blocked_s: float
+    """How long it has not run (0.0: it is responsive); with blocking detection on."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Snapshot:
     """Every live task of the process at one moment, by creation site, largest first."""
 
@@ -74,6 +83,9 @@ class Snapshot:
     source: str
     """The asyncio registry read (see :mod:`asyncio_agent.livetasks`)."""
     sites: tuple[SiteSnapshot, ...]
+    loops: tuple[LoopState, ...] = ()
+    """The running loops the blocking detector watches, and how long each has been
+    blocked right now (empty with ``ASYNCIO_AGENT_BLOCK_MS=0``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and dicts, ready for ``json.dumps``."""
@@ -83,7 +95,29 @@ class Snapshot:
             "total": self.total,
             "source": self.source,
             "sites": [site_to_dict(site) for site in self.sites],
+            "loops": loops_to_list(self.loops),
         }
+
+
+def loops_to_list(loops: Iterable[LoopState]) -> list[dict[str, Any]]:
+    """Loop states as plain values."""
+    return [{"loop_thread": s.loop_thread, "blocked_s": s.blocked_s} for s in loops]
+
+
+def blocked_loops() -> tuple[LoopState, ...]:
+    """Each watched loop and how long it has been blocked now (none without the agent)."""
+    from . import runtime
+
+    installation = runtime.current()
+    watchdog = getattr(installation, "watchdog", None)
+    if watchdog is None:
+        return ()
+    try:
+        return tuple(
+            LoopState(state["loop_thread"], state["blocked_s"]) for state in watchdog.blocked_now()
+        )
+    except Exception:
+        return ()
 
 
 def site_to_dict(site: SiteSnapshot) -> dict[str, Any]:
@@ -249,4 +283,4 @@ def take_snapshot(recorder: Optional[SiteRecorder] = None) -> Snapshot:
         total = len(tasks)
     finally:
         del tasks  # the only strong references: gone before we return
-    return Snapshot(time.time(), os.getpid(), total, source, sites)
+    return Snapshot(time.time(), os.getpid(), total, source, sites, blocked_loops())

@@ -19,7 +19,7 @@ from .config import Settings
 from .notices import warn_once
 from .reporter import Reporter
 from .sites import SiteRecorder
-from .snapshot import Snapshot, site_to_dict, take_snapshot
+from .snapshot import Snapshot, loops_to_list, site_to_dict, take_snapshot
 
 GROWTH_RUNS = 3
 """A site is "growing" when its live count rose in each of this many snapshots in a row."""
@@ -170,6 +170,7 @@ class SnapshotDumper:
             "total": snapshot.total,
             "source": snapshot.source,
             "sites": [site_to_dict(site) for site in snapshot.sites],
+            "loops": loops_to_list(snapshot.loops),
             "pid": snapshot.pid,
             "_timestamp": snapshot.timestamp,
         }

@@ -23,6 +23,7 @@ from ..privacy import PathRewriter
 from ..ratelimit import SUPPRESSED_EVENT
 from ..report import EXCEPTION_UNRETRIEVED, Report
 from ..sites import Site
+from ..stall import IN_CALLBACK, IN_TASK, Stall
 from ..tracing import hex_ids
 
 DROPPED_EVENT = "asyncio.agent.reports_dropped"
@@ -64,6 +65,36 @@ def report_fields(report: Report, paths: Optional[PathRewriter] = None) -> dict[
     return fields
 
 
+def stall_fields(stall: Stall, paths: Optional[PathRewriter] = None) -> dict[str, Any]:
+    """The ``asyncio.loop.blocked`` event fields for ``stall`` (without event, level,
+    timestamp): task fields only when a task was running, ``callback`` only when a
+    plain callback was."""
+    paths = paths or _KEEP_PATHS
+    fields: dict[str, Any] = {
+        "duration_s": round(stall.duration_s, 6),
+        "threshold_s": stall.threshold_s,
+        "blocked_in": stall.blocked_in,
+        "blocking_stack": paths.stack(list(stall.blocking_stack)),
+    }
+    if stall.blocked_in == IN_TASK:
+        site = stall.site
+        fields["task_name"] = stall.task_name
+        fields["coroutine"] = stall.coroutine
+        fields["creation_file"] = paths.path(site.filename) if site else None
+        fields["creation_line"] = site.lineno if site else None
+        fields["creation_function"] = site.function if site else None
+        fields["creation_stack"] = paths.stack(list(site.stack)) if site else []
+        ids = hex_ids(stall.span)
+        if ids is not None:  # the span current where the blocked task was created
+            fields["trace_id"], fields["span_id"] = ids
+    elif stall.blocked_in == IN_CALLBACK:
+        fields["callback"] = stall.callback
+    fields["loop_thread"] = stall.loop_thread
+    fields["pid"] = stall.pid
+    fields["_timestamp"] = stall.timestamp
+    return fields
+
+
 def _iso_utc(epoch: float) -> str:
     # time.strftime, not datetime: datetime's strftime imports a module on first use,
     # and reports written during interpreter teardown can no longer import.
@@ -86,10 +117,14 @@ def _leading_keys_first(_logger: Any, _method: str, event_dict: dict[str, Any]) 
 
 
 def _console_blocks(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """Move the stack and traceback below the line, where ConsoleRenderer prints text."""
+    """Move the stacks and traceback below the line, where ConsoleRenderer prints text."""
     stack = event_dict.pop("creation_stack", None) or []
     text = event_dict.pop("traceback", None)
+    blocking = event_dict.pop("blocking_stack", None) or []
     block = ""
+    if blocking:
+        block += "Loop blocked at (most recent call last):\n"
+        block += "".join(f"  {frame}\n" for frame in blocking)
     if stack:
         block += "Task created at (most recent call last):\n"
         block += "".join(f"  {frame}\n" for frame in stack)
@@ -321,6 +356,11 @@ class EventSink:
     def emit(self, report: Report) -> None:
         """Write ``report`` as one event named after its kind."""
         self._logger_now().error(report.kind, **report_fields(report, self._paths))
+
+    def emit_blocked(self, stall: Stall) -> None:
+        """Write one ``asyncio.loop.blocked`` event (a warning: the loop froze, nothing
+        was lost)."""
+        self._logger_now().warning(stall.kind, **stall_fields(stall, self._paths))
 
     def emit_dropped(self, count: int) -> None:
         """Write one ``asyncio.agent.reports_dropped`` event."""

@@ -12,17 +12,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .. import otelenv
 from ..notices import warn_once
 from ..report import EXCEPTION_UNRETRIEVED, Report
 from ..sites import Site
+from ..stall import BLOCKED, IN_CALLBACK, IN_TASK, Stall
 from ..tracing import is_real_provider, unpack
 
 SCOPE = "asyncio-agent"
 ANOMALIES_METRIC = "asyncio.task.anomalies"
 LIVE_METRIC = "asyncio.task.live"
+BLOCKED_METRIC = "asyncio.loop.blocked.duration"
+BLOCKED_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Histogram bucket boundaries (seconds) for loop stalls (the SDK's default ones are
+meant for milliseconds)."""
 MAX_SITE_VALUES = 100
 """Distinct creation sites given their own metric attribute value; the rest are ``other``."""
 OTHER_SITE = "other"
@@ -48,6 +53,28 @@ def span_attributes(report: Report) -> dict[str, Any]:
         "process.pid": report.pid,
     }
     # OpenTelemetry rejects None attribute values (with a log line each).
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def stall_attributes(stall: Stall) -> dict[str, Any]:
+    """The span attributes for a loop stall: the blocked task's ``code.*`` creation site
+    and ``asyncio.*`` names, or the callback, and the sampled stack."""
+    site = stall.site if stall.blocked_in == IN_TASK else None
+    values: dict[str, Any] = {
+        "asyncio.loop.blocked_s": round(stall.duration_s, 6),
+        "asyncio.loop.threshold_s": stall.threshold_s,
+        "asyncio.loop.blocked_in": stall.blocked_in,
+        "asyncio.loop.blocking_stack": "\n".join(stall.blocking_stack) or None,
+        "asyncio.loop.callback": stall.callback if stall.blocked_in == IN_CALLBACK else None,
+        "code.filepath": site.filename if site else None,
+        "code.lineno": site.lineno if site else None,
+        "code.function": site.function if site else None,
+        "code.stacktrace": "\n".join(site.stack) if site else None,
+        "asyncio.task.name": stall.task_name,
+        "asyncio.task.coroutine": stall.coroutine,
+        "thread.name": stall.loop_thread,
+        "process.pid": stall.pid,
+    }
     return {key: value for key, value in values.items() if value is not None}
 
 
@@ -89,6 +116,8 @@ class OtelSink:
         self._meter_resolved = False
         self._counter: Any = None
         self._sites: dict[str, str] = {}
+        self._histogram: Any = None  # loop stall durations
+        self._blocked_sites: dict[str, str] = {}
         self._unflushed = False
         self._closed = False
         self._started = False
@@ -238,6 +267,19 @@ class OtelSink:
             "exception never retrieved",
         )
 
+        description = "How long event loops were blocked, by what ran (creation site)"
+        try:  # bucket boundaries in seconds where the API takes advice (1.23+)
+            self._histogram = meter.create_histogram(
+                BLOCKED_METRIC,
+                unit="s",
+                description=description,
+                explicit_bucket_boundaries_advisory=list(BLOCKED_BUCKETS),
+            )
+        except TypeError:
+            self._histogram = meter.create_histogram(
+                BLOCKED_METRIC, unit="s", description=description
+            )
+
         def observe_live(_options: Any) -> Iterator[Any]:
             yield observation(_live_task_count())
 
@@ -269,7 +311,7 @@ class OtelSink:
                 attributes = self._metric_attributes(report.site, report.kind, report.at_shutdown)
                 self._counter.add(1, attributes)
 
-    def _end_span_bounded(self, tracer: Any, report: Report) -> None:
+    def _end_span_bounded(self, tracer: Any, report: Union[Report, Stall]) -> None:
         # The application's span processor may export inside span.end() (a
         # SimpleSpanProcessor): end the span in the export helper thread, so an exporter
         # that never returns holds up the anomaly spans, never the reporter's events.
@@ -277,7 +319,10 @@ class OtelSink:
 
         def end_span() -> None:
             try:
-                self._span(tracer, report)
+                if isinstance(report, Stall):
+                    self._blocked_span(tracer, report)
+                else:
+                    self._span(tracer, report)
             except Exception as exc:
                 failed.append(exc)
 
@@ -355,11 +400,73 @@ class OtelSink:
             "asyncio.at_shutdown": at_shutdown,
         }
 
+    def emit_blocked(self, stall: Stall) -> None:
+        """Record a loop stall as one span (in the blocked task's creator's trace) and
+        one histogram value."""
+        if self._closed:
+            self.dropped_after_close += 1
+            return
+        if not self._wanted():
+            return
+        with self._lock:
+            tracer = self._resolve()
+            if tracer is not None:
+                if self._stuck and self._bounded.busy():
+                    self.skipped_spans += 1
+                else:
+                    self._end_span_bounded(tracer, stall)
+            if self._histogram is not None:
+                self._histogram.record(stall.duration_s, self._stall_metric_attributes(stall))
+
+    def _stall_metric_attributes(self, stall: Stall) -> dict[str, Any]:
+        site = stall.site if stall.blocked_in == IN_TASK else None
+        if site is not None:
+            key = f"{site.filename}:{site.lineno}"
+        elif stall.blocked_in == IN_CALLBACK:
+            key = f"callback {stall.callback}"
+        else:
+            key = stall.blocked_in
+        value = self._blocked_sites.get(key)
+        if value is None:
+            value = key if len(self._blocked_sites) < MAX_SITE_VALUES else OTHER_SITE
+            if value != OTHER_SITE:
+                self._blocked_sites[key] = value
+        return {"asyncio.loop.blocked_in": stall.blocked_in, "asyncio.task.site": value}
+
+    def _blocked_span(self, tracer: Any, stall: Stall) -> None:
+        from opentelemetry import context, trace
+
+        ids = unpack(stall.span)
+        if ids is None:
+            parent = context.Context()  # a callback, or a task created outside any span
+        else:
+            trace_id, span_id, sampled = ids
+            remembered = trace.SpanContext(
+                trace_id=trace_id,
+                span_id=span_id,
+                is_remote=False,
+                trace_flags=trace.TraceFlags(1 if sampled else 0),
+            )
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(remembered))
+        end_ns = int(stall.timestamp * 1e9)
+        span = tracer.start_span(
+            stall.kind,
+            context=parent,
+            attributes=stall_attributes(stall),
+            start_time=end_ns - int(stall.duration_s * 1e9),
+        )
+        span.set_status(
+            trace.Status(trace.StatusCode.ERROR, f"event loop blocked for {stall.duration_s:.3f} s")
+        )
+        span.end(end_time=end_ns)
+
     def emit_suppressed(
         self, site: Optional[Site], kind: str, count: int, at_shutdown: bool = False
     ) -> None:
-        """Count reports the rate limit held back in the anomalies metric (no spans)."""
-        if self._closed or not self._wanted():
+        """Count reports the rate limit held back in the anomalies metric (no spans).
+
+        Held-back loop stalls have no duration to record: the event sink counts them."""
+        if self._closed or not self._wanted() or kind == BLOCKED:
             return
         with self._lock:
             self._resolve()

@@ -1,0 +1,181 @@
+"""The loop side of blocking detection: a heartbeat timer on every running loop.
+
+Owns the ``run_forever`` wrapper on loop classes (asyncio's ``BaseEventLoop``, which
+``run_until_complete``, ``asyncio.run`` and ``Runner`` all go through, and
+``uvloop.Loop``) and its undo, and :class:`Beat`, the timer itself. A beat lives
+exactly as long as one ``run_forever`` call: nothing is scheduled on a loop that does
+not run, and a task's creation pays nothing. Runs in the loop's thread: a tick is one
+clock read, one comparison and one ``call_later``; it never blocks and never raises
+into the loop. It only notes that a stall ended; the watchdog thread does the rest.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+_monotonic = time.monotonic
+_WRAPPER_MARK = "__asyncio_agent_wrapper__"
+_MISSING = object()
+
+# Ticks run in a context of their own: never a copy of the application's (which could
+# keep a request's context variables alive, or show our timer inside its traces).
+_CONTEXT = contextvars.Context()
+
+StallEnded = Callable[["Beat", float, float], None]
+"""``(beat, due, ended)``: the loop ran its heartbeat ``ended - due`` seconds late."""
+
+
+class Beat:
+    """The heartbeat of one loop during one ``run_forever``.
+
+    ``due`` is when the next tick should run (``time.monotonic()``); the watchdog
+    thread reads it without a lock (one attribute read) and writes ``sample``. The loop
+    thread writes everything else.
+    """
+
+    __slots__ = (
+        "due",
+        "handle",
+        "interval",
+        "joined",
+        "loop",
+        "on_stall_end",
+        "running",
+        "sample",
+        "thread_id",
+        "thread_name",
+        "threshold",
+    )
+
+    def __init__(
+        self,
+        loop: Any,
+        interval: float,
+        threshold: float,
+        on_stall_end: StallEnded,
+        joined: bool = False,
+    ) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.threshold = threshold
+        self.on_stall_end = on_stall_end
+        self.joined = joined
+        """Started on a loop that was already running (install() inside a loop): no
+        ``run_forever`` wrapper will stop it, the watchdog drops it once the loop stops."""
+        self.thread_id = threading.get_ident()
+        self.thread_name = threading.current_thread().name
+        self.running = True
+        self.sample: Any = None  # the watchdog's, see agent.watchdog
+        self.due = _monotonic() + interval
+        self.handle: Any = loop.call_later(interval, self._tick, context=_CONTEXT)
+
+    def _tick(self) -> None:
+        if not self.running:
+            return
+        now = _monotonic()
+        due = self.due
+        if now - due > self.threshold:
+            self.on_stall_end(self, due, now)
+        self.due = now + self.interval
+        try:
+            self.handle = self.loop.call_later(self.interval, self._tick, context=_CONTEXT)
+        except Exception:  # the loop is closing: no more beats
+            self.running = False
+
+    def stop(self) -> None:
+        """The loop stops (loop thread): a stall that ends with it ends here."""
+        if not self.running:
+            return
+        self.running = False
+        now = _monotonic()
+        due = self.due
+        if now - due > self.threshold:
+            self.on_stall_end(self, due, now)
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            try:
+                handle.cancel()
+            except Exception:
+                pass
+
+
+LoopStarting = Callable[[Any], Optional[Beat]]
+LoopStopped = Callable[[Beat], None]
+
+
+def _make_run_forever(
+    original: Callable[[Any], Any], starting: LoopStarting, stopped: LoopStopped
+) -> Callable[[Any], Any]:
+    def run_forever(self: Any) -> Any:
+        beat = starting(self)
+        try:
+            return original(self)
+        finally:
+            if beat is not None:
+                stopped(beat)
+
+    return run_forever
+
+
+def _never_starting(loop: Any) -> Optional[Beat]:
+    return None
+
+
+def _never_stopped(beat: Beat) -> None:
+    pass
+
+
+RUN_FOREVER_CODE = _make_run_forever(lambda loop: None, _never_starting, _never_stopped).__code__
+"""The code of every ``run_forever`` wrapper: in a sampled stack, the frames inside it
+are the loop's, and the first application frame among them is the running callback."""
+TICK_CODE = Beat._tick.__code__
+"""The code of a tick: a stack sampled inside it was taken after the stall ended."""
+
+
+class RunForeverPatch:
+    """Wraps ``run_forever`` on loop classes and remembers how to undo it."""
+
+    def __init__(self, starting: LoopStarting, stopped: LoopStopped) -> None:
+        self._starting = starting
+        self._stopped = stopped
+        self._undo: dict[type, Any] = {}
+        self.patched: list[str] = []
+        """Names of the classes patched, for people (``doctor``, tests)."""
+
+    def patch_class(self, cls: type) -> bool:
+        """Wrap ``cls.run_forever``; False if it has none or it cannot be replaced."""
+        original = getattr(cls, "run_forever", None)
+        if original is None:
+            return False
+        if getattr(original, _WRAPPER_MARK, False):
+            return True
+        wrapper = functools.wraps(original)(
+            _make_run_forever(original, self._starting, self._stopped)
+        )
+        setattr(wrapper, _WRAPPER_MARK, True)
+        before = cls.__dict__.get("run_forever", _MISSING)
+        try:
+            cls.run_forever = wrapper  # type: ignore[attr-defined]
+        except (TypeError, AttributeError):
+            return False
+        self._undo.setdefault(cls, before)
+        self.patched.append(f"{cls.__module__}.{cls.__qualname__}.run_forever")
+        return True
+
+    def unpatch_all(self) -> None:
+        """Put every ``run_forever`` back (loops running now keep their wrapper frame)."""
+        for cls, before in reversed(list(self._undo.items())):
+            try:
+                if before is _MISSING:
+                    delattr(cls, "run_forever")
+                else:
+                    cls.run_forever = before
+            except (TypeError, AttributeError):
+                pass
+        self._undo.clear()
+        self.patched.clear()

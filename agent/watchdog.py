@@ -1,0 +1,381 @@
+"""The watchdog thread: notices a loop whose heartbeat is late and samples what blocks it.
+
+Owns the registry of running loops' beats (agent.heartbeat), the one thread that
+watches them, the stack sample taken while a loop is still blocked, and turning a stall
+that ended into one :class:`~asyncio_agent.stall.Stall` on the reporter's queue (or a
+rate-limited count). It sleeps until the next moment a beat could be late, and forever
+while no loop runs. It never touches a loop's state, never calls into the loop, and
+keeps no frame, task or loop of a sample once the sample is made.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any, Optional, Union
+
+from .detect import Admit, Decoder
+from .heartbeat import RUN_FOREVER_CODE, TICK_CODE, Beat
+from .interp import loops as interp
+from .records import record_of
+from .report import Suppressed
+from .sites import INTERNAL_MODULES, PACKAGE_DIR, SPAN_ATTR, Site
+from .stall import BLOCKED, IN_CALLBACK, IN_TASK, NOT_SAMPLED, OUTSIDE_CALLBACKS, Stall
+
+_monotonic = time.monotonic
+_wall = time.time
+
+MAX_FRAMES = 48
+"""Frames kept in ``blocking_stack`` (the innermost: where it blocks)."""
+_MAX_WALK = 512
+_LOOP_MODULES = (*INTERNAL_MODULES, "selectors")
+"""Frames of these modules are the loop's own code, not a callback's."""
+
+Submit = Callable[[Union[Stall, Suppressed]], None]
+
+
+def interval_for(threshold: float) -> float:
+    """The heartbeat interval for a threshold: a quarter of it, within 5-250 ms.
+
+    A stall is measured from the moment a tick was due, so it may have begun up to one
+    interval earlier: with a quarter, every stall longer than 1.25 thresholds is caught.
+    """
+    return min(max(threshold / 4, 0.005), 0.25)
+
+
+class Sample:
+    """What the loop thread was doing while blocked (plain values only)."""
+
+    __slots__ = (
+        "blocked_in",
+        "callback",
+        "coroutine",
+        "due",
+        "site",
+        "span",
+        "stack",
+        "taken",
+        "task_name",
+    )
+
+    def __init__(self, due: float) -> None:
+        self.due = due
+        """The beat's ``due`` this sample belongs to: one stall."""
+        self.taken = 0
+        self.blocked_in = OUTSIDE_CALLBACKS
+        self.stack: tuple[str, ...] = ()
+        self.task_name: Optional[str] = None
+        self.coroutine: Optional[str] = None
+        self.site: Optional[Site] = None
+        self.span: object = None
+        self.callback: Optional[str] = None
+
+
+def _is_loop_code(frame: FrameType) -> bool:
+    code = frame.f_code
+    if code.co_filename.startswith(PACKAGE_DIR):
+        return True
+    module = frame.f_globals.get("__name__")
+    return isinstance(module, str) and any(
+        module == prefix or module.startswith(prefix + ".") for prefix in _LOOP_MODULES
+    )
+
+
+def _describe(frame: FrameType) -> str:
+    code = frame.f_code
+    return f"{code.co_filename}:{frame.f_lineno} in {getattr(code, 'co_qualname', code.co_name)}"
+
+
+class Watchdog:
+    """One thread watching the heartbeats of every running instrumented loop."""
+
+    def __init__(self, threshold_ms: int, decode: Decoder, submit: Submit, admit: Admit) -> None:
+        self.threshold = threshold_ms / 1000.0
+        self.interval = interval_for(self.threshold)
+        self._decode = decode
+        self._submit = submit
+        self._admit = admit
+        self._lock = threading.Lock()
+        self._beats: dict[int, Beat] = {}  # id(loop) -> its beat, while it runs
+        self._ended: collections.deque[tuple[Beat, float, float]] = collections.deque()
+        self._wake = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._stopped = False
+        self._run_codes: frozenset[CodeType] = frozenset()
+        _live_watchdogs.add(self)
+
+    # -- loop threads --------------------------------------------------------------
+
+    def loop_starting(self, loop: Any) -> Optional[Beat]:
+        """``run_forever`` begins (loop thread): start the loop's heartbeat.
+
+        None when the loop already has a running beat (a nested call, which the loop
+        itself refuses) or cannot take a timer (closed: it raises its own error).
+        """
+        if self._stopped:
+            return None
+        try:
+            with self._lock:
+                old = self._beats.get(id(loop))
+                if old is not None and old.loop is loop:
+                    if not old.joined and old.running:
+                        return None
+                    old.running = False
+                beat = Beat(loop, self.interval, self.threshold, self._stall_ended)
+                self._beats[id(loop)] = beat
+                first = len(self._beats) == 1
+            self._ensure_thread()
+            if first:
+                self._wake.set()  # the thread sleeps without a time-out while no loop runs
+            return beat
+        except Exception:
+            return None
+
+    def join_running(self, loop: Any) -> None:
+        """Start the heartbeat of a loop already running in this thread (install()
+        called inside a loop): no ``run_forever`` wrapper is on its stack."""
+        if self._stopped:
+            return
+        try:
+            with self._lock:
+                if id(loop) in self._beats:
+                    return
+                beat = Beat(loop, self.interval, self.threshold, self._stall_ended, joined=True)
+                self._beats[id(loop)] = beat
+            self._ensure_thread()
+            self._wake.set()
+        except Exception:
+            pass
+
+    def loop_stopped(self, beat: Beat) -> None:
+        """``run_forever`` returns or raises (loop thread): stop the heartbeat."""
+        try:
+            beat.stop()
+            with self._lock:
+                if self._beats.get(id(beat.loop)) is beat:
+                    del self._beats[id(beat.loop)]
+        except Exception:
+            pass
+
+    def _stall_ended(self, beat: Beat, due: float, ended: float) -> None:
+        # Loop thread, rarely (a stall longer than the threshold just ended).
+        self._ended.append((beat, due, ended))
+        self._wake.set()
+
+    # -- any thread ----------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Queue every stall that has ended (before a flush: the thread may sleep)."""
+        ended = self._ended
+        while True:
+            try:
+                beat, due, end = ended.popleft()
+            except IndexError:
+                return
+            try:
+                self._finish(beat, due, end)
+            except Exception:
+                pass
+
+    def blocked_now(self) -> list[dict[str, Any]]:
+        """Each running loop's thread and how long it has been blocked (0 if not)."""
+        with self._lock:
+            beats = list(self._beats.values())
+        now = _monotonic()
+        return [
+            {"loop_thread": beat.thread_name, "blocked_s": round(max(0.0, now - beat.due), 3)}
+            for beat in beats
+            if beat.running
+        ]
+
+    def stop(self) -> None:
+        """Stop watching (uninstall): beats stop ticking, the thread ends."""
+        self._stopped = True
+        with self._lock:
+            for beat in self._beats.values():
+                beat.running = False
+            self._beats.clear()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
+        self.drain()
+        _live_watchdogs.discard(self)
+
+    # -- the watchdog thread -------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        thread = threading.Thread(target=self._run, name="asyncio-agent-watchdog", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _run(self) -> None:
+        wake = self._wake
+        while not self._stopped:
+            wake.clear()  # before looking: a stall ending meanwhile wakes the next wait
+            self.drain()
+            try:
+                timeout = self._look()
+            except Exception:
+                timeout = 1.0
+            wake.wait(timeout)
+
+    def _look(self) -> Optional[float]:
+        """Sample every loop that is late; seconds until a loop could next be late."""
+        with self._lock:
+            beats = list(self._beats.values())
+        if not beats:
+            return None
+        threshold = self.threshold
+        half = threshold / 2
+        now = _monotonic()
+        wake_at = now + 1.0
+        for beat in beats:
+            due = beat.due
+            late = now - due
+            sample = beat.sample
+            taken = sample.taken if sample is not None and sample.due == due else 0
+            if late < half:
+                wake_at = min(wake_at, due + half)
+                continue
+            if beat.joined and not _is_running(beat.loop):
+                self._forget(beat)
+                continue
+            # Sampled twice per stall: at half the threshold (in case it ends before
+            # we look again) and at the threshold (closer to what blocks at the end).
+            if taken == 0 or (taken == 1 and late >= threshold):
+                new = self._sample(beat, due)
+                if new is not None and beat.due == due:  # still the same stall
+                    new.taken = taken + 1
+                    beat.sample = new
+            if late < threshold:
+                wake_at = min(wake_at, due + threshold)
+            # Else: the end is signalled by the loop (a tick, or run_forever returning).
+        return max(0.0, wake_at - _monotonic())
+
+    def _forget(self, beat: Beat) -> None:
+        beat.running = False
+        with self._lock:
+            if self._beats.get(id(beat.loop)) is beat:
+                del self._beats[id(beat.loop)]
+
+    def _sample(self, beat: Beat, due: float) -> Optional[Sample]:
+        """What the loop thread is doing now, as plain values; None if it is our tick."""
+        if not self._run_codes:
+            self._run_codes = interp.handle_run_codes()
+        frame = interp.thread_frame(beat.thread_id)
+        task = interp.running_task(beat.loop)
+        frames: list[FrameType] = []
+        try:
+            walker = frame
+            while walker is not None and len(frames) < _MAX_WALK:
+                frames.append(walker)  # innermost first
+                walker = walker.f_back
+            return self._classify(frames, task, due)
+        except Exception:
+            return None
+        finally:
+            del frame, frames, task  # no frame or task outlives the sample
+
+    def _classify(self, frames: list[FrameType], task: Any, due: float) -> Optional[Sample]:
+        boundary = len(frames)  # frames[:boundary] run inside run_forever
+        for index, frame in enumerate(frames):
+            code = frame.f_code
+            if code is TICK_CODE:
+                return None  # the stall is over: the loop is running its heartbeat
+            if code is RUN_FOREVER_CODE:
+                boundary = index
+                break
+        sample = Sample(due)
+        if task is not None:
+            sample.blocked_in = IN_TASK
+            sample.task_name = interp.task_name(task)
+            sample.coroutine = interp.coroutine_name(task)
+            sample.site, _created = self._decode(record_of(task))
+            sample.span = getattr(task, SPAN_ATTR, None)
+        else:
+            inside = frames[:boundary]
+            run_frame = next((f for f in inside if f.f_code in self._run_codes), None)
+            if run_frame is not None:
+                sample.blocked_in = IN_CALLBACK
+                sample.callback = interp.callback_name(interp.handle_callback(run_frame))
+            elif boundary < len(frames):
+                # uvloop (compiled loop): the outermost application frame inside
+                # run_forever is the callback's own.
+                user = [f for f in inside if not _is_loop_code(f)]
+                if user:
+                    code = user[-1].f_code
+                    sample.blocked_in = IN_CALLBACK
+                    sample.callback = getattr(code, "co_qualname", code.co_name)
+        shown = [f for f in reversed(frames) if not _is_loop_code(f)]
+        if sample.blocked_in == OUTSIDE_CALLBACKS or not shown:
+            # Where the loop itself waited is the story: keep its frames (not ours).
+            shown = [
+                f for f in reversed(frames) if not f.f_code.co_filename.startswith(PACKAGE_DIR)
+            ]
+        sample.stack = tuple(_describe(f) for f in shown[-MAX_FRAMES:])
+        return sample
+
+    def _finish(self, beat: Beat, due: float, end: float) -> None:
+        """Queue the Stall of ``beat`` that was due at ``due`` and ended at ``end``."""
+        sample = beat.sample
+        if sample is None or sample.due != due:
+            sample = Sample(due)
+            sample.blocked_in = NOT_SAMPLED
+        site = sample.site
+        if not self._admit((site, BLOCKED)):
+            self._submit(Suppressed(BLOCKED, site, sample.coroutine, False))
+            return
+        self._submit(
+            Stall(
+                duration_s=end - due,
+                threshold_s=self.threshold,
+                blocked_in=sample.blocked_in,
+                blocking_stack=sample.stack,
+                task_name=sample.task_name,
+                coroutine=sample.coroutine,
+                site=site,
+                callback=sample.callback,
+                loop_thread=beat.thread_name,
+                pid=os.getpid(),
+                timestamp=_wall() - (_monotonic() - end),
+                span=sample.span,
+            )
+        )
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread exists in the child: keep its loop's beat, if any.
+        me = threading.get_ident()
+        self._lock = threading.Lock()
+        self._ended = collections.deque()
+        self._wake = threading.Event()
+        self._beats = {key: b for key, b in self._beats.items() if b.thread_id == me}
+        self._thread = None
+        if self._beats and not self._stopped:
+            self._ensure_thread()
+
+
+def _is_running(loop: Any) -> bool:
+    try:
+        return bool(loop.is_running())
+    except Exception:
+        return False
+
+
+_live_watchdogs: weakref.WeakSet[Watchdog] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for watchdog in list(_live_watchdogs):
+        watchdog._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
