@@ -1,12 +1,16 @@
 """The loop side of blocking detection: a heartbeat timer on every running loop.
 
-Owns the ``run_forever`` wrapper on loop classes (asyncio's ``BaseEventLoop``, which
-``run_until_complete``, ``asyncio.run`` and ``Runner`` all go through, and
-``uvloop.Loop``) and its undo, and :class:`Beat`, the timer itself. A beat lives
-exactly as long as one ``run_forever`` call: nothing is scheduled on a loop that does
-not run, and a task's creation pays nothing. Runs in the loop's thread: a tick is one
-clock read, one comparison and one ``call_later``; it never blocks and never raises
-into the loop. It only notes that a stall ended; the watchdog thread does the rest.
+Owns :class:`Beat`, the timer itself, and the fallback way of learning that a loop
+runs: a ``run_forever`` wrapper, for loop classes that never tell asyncio they run (a
+uvloop imported before the agent was installed, other loop implementations). Every
+other loop is seen through asyncio's own "this loop runs in this thread now" call
+(agent.interp.loops.RunningLoopHook), which leaves no frame of ours on the loop's stack
+(debug mode's creation tracebacks and every traceback through ``run_forever`` stay
+exactly as without the agent). A beat lives exactly as long as one run of its loop:
+nothing is scheduled on a loop that does not run, and a task's creation pays nothing.
+Runs in the loop's thread: a tick is one clock read, one comparison and one
+``call_later``; it never blocks and never raises into the loop. It only notes that a
+stall ended; the watchdog thread does the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, Optional
+
+from .interp.loops import caller_depth
 
 _monotonic = time.monotonic
 _WRAPPER_MARK = "__asyncio_agent_wrapper__"
@@ -45,6 +51,7 @@ class Beat:
         "joined",
         "loop",
         "on_stall_end",
+        "outer_depth",
         "running",
         "sample",
         "thread_id",
@@ -58,9 +65,14 @@ class Beat:
         interval: float,
         threshold: float,
         on_stall_end: StallEnded,
+        outer_depth: int = 0,
+        *,
         joined: bool = False,
     ) -> None:
         self.loop = loop
+        self.outer_depth = outer_depth
+        """Frames of the loop's thread outside the loop (0: not known): in a sampled
+        stack, the frames inside them are the loop's and its callbacks'."""
         self.interval = interval
         self.threshold = threshold
         self.on_stall_end = on_stall_end
@@ -104,7 +116,7 @@ class Beat:
                 pass
 
 
-LoopStarting = Callable[[Any], Optional[Beat]]
+LoopStarting = Callable[[Any, int], Optional[Beat]]
 LoopStopped = Callable[[Beat], None]
 
 
@@ -112,7 +124,7 @@ def _make_run_forever(
     original: Callable[[Any], Any], starting: LoopStarting, stopped: LoopStopped
 ) -> Callable[[Any], Any]:
     def run_forever(self: Any) -> Any:
-        beat = starting(self)
+        beat = starting(self, caller_depth())  # this frame and those outside it
         try:
             return original(self)
         finally:
@@ -122,23 +134,16 @@ def _make_run_forever(
     return run_forever
 
 
-def _never_starting(loop: Any) -> Optional[Beat]:
-    return None
-
-
-def _never_stopped(beat: Beat) -> None:
-    pass
-
-
-RUN_FOREVER_CODE = _make_run_forever(lambda loop: None, _never_starting, _never_stopped).__code__
-"""The code of every ``run_forever`` wrapper: in a sampled stack, the frames inside it
-are the loop's, and the first application frame among them is the running callback."""
 TICK_CODE = Beat._tick.__code__
 """The code of a tick: a stack sampled inside it was taken after the stall ended."""
 
 
 class RunForeverPatch:
-    """Wraps ``run_forever`` on loop classes and remembers how to undo it."""
+    """Wraps ``run_forever`` on loop classes and remembers how to undo it.
+
+    The fallback only: its frame stays on the loop's stack while the loop runs (it
+    shows in tracebacks through ``run_forever`` and in debug mode's creation stacks).
+    """
 
     def __init__(self, starting: LoopStarting, stopped: LoopStopped) -> None:
         self._starting = starting

@@ -55,13 +55,17 @@ class Installation:
         # Blocking detection: a heartbeat per running loop and one watchdog thread.
         self.watchdog: Any = None
         self.run_patch: Any = None
+        self.running_hook: Any = None
+        self._uvloop_early = False
         if settings.block_ms:
             from .heartbeat import RunForeverPatch
+            from .interp.loops import RunningLoopHook
             from .watchdog import Watchdog
 
             self.watchdog = Watchdog(
                 settings.block_ms, self.recorder.decode, submit, self.limiter.admit
             )
+            self.running_hook = RunningLoopHook(self.watchdog.loop_entered, self.watchdog.loop_left)
             self.run_patch = RunForeverPatch(
                 self.watchdog.loop_starting, self.watchdog.loop_stopped
             )
@@ -84,8 +88,10 @@ class Installation:
 
     def _asyncio_imported(self, module: ModuleType) -> None:
         self.patcher.on_asyncio_imported(sys.modules["asyncio.base_events"])
-        if self.run_patch is not None:
-            self.run_patch.patch_class(sys.modules["asyncio.base_events"].BaseEventLoop)
+        if self.running_hook is not None:
+            # Every BaseEventLoop, and every uvloop imported from now on, says when it
+            # starts and stops running.
+            self.running_hook.install()
         # structlog is loaded here, while the program imports asyncio and so cannot
         # have a single task yet: its thousands of allocations then cannot trigger a
         # collection that frees a lost task earlier than without the agent (as they
@@ -118,11 +124,14 @@ class Installation:
     def _uvloop_imported(self, module: ModuleType) -> None:
         self.patcher.on_uvloop_imported(module)
         loop_class = getattr(module, "Loop", None)
-        if self.run_patch is not None and isinstance(loop_class, type):
+        if self.run_patch is not None and isinstance(loop_class, type) and self._uvloop_early:
+            # uvloop read asyncio's running-loop setter before we wrapped it.
             self.run_patch.patch_class(loop_class)
         self.reporter.start()
 
     def start(self) -> None:
+        # A uvloop imported before install() kept asyncio's own running-loop setter.
+        self._uvloop_early = "uvloop.loop" in sys.modules
         self.hook.install()
         # With OTEL_*_EXPORTER set, the SDK is imported in the background from now on.
         self.otel_sink.start()
@@ -138,7 +147,7 @@ class Installation:
         ok = self.patcher.patch_loop(loop)
         if ok:
             self.reporter.start()
-        if self.run_patch is not None:
+        if self.run_patch is not None and not _tells_when_running(loop):
             self.run_patch.patch_class(type(loop))  # from its next run_forever on
         return ok
 
@@ -147,12 +156,19 @@ class Installation:
         self.span_switch.remove()
         self.patcher.unpatch_all()
         if self.run_patch is not None:
+            self.running_hook.uninstall()
             self.run_patch.unpatch_all()
             self.watchdog.stop()
         if self.dumper is not None:
             self.dumper.stop()
         self.reporter.shutdown(timeout)
         self.event_sink.close()
+
+
+def _tells_when_running(loop: Any) -> bool:
+    """Whether ``loop`` calls asyncio's running-loop setter as it runs (a BaseEventLoop)."""
+    base_events = sys.modules.get("asyncio.base_events")
+    return base_events is not None and isinstance(loop, base_events.BaseEventLoop)
 
 
 _lock = threading.Lock()

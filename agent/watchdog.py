@@ -20,7 +20,7 @@ from types import CodeType, FrameType
 from typing import Any, Optional, Union
 
 from .detect import Admit, Decoder
-from .heartbeat import RUN_FOREVER_CODE, TICK_CODE, Beat
+from .heartbeat import TICK_CODE, Beat
 from .interp import loops as interp
 from .records import record_of
 from .report import Suppressed
@@ -102,6 +102,8 @@ class Watchdog:
         self._admit = admit
         self._lock = threading.Lock()
         self._beats: dict[int, Beat] = {}  # id(loop) -> its beat, while it runs
+        # thread id -> the beat started by asyncio's "running loop" call in that thread
+        self._by_thread: dict[int, Beat] = {}
         self._ended: collections.deque[tuple[Beat, float, float]] = collections.deque()
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -111,46 +113,50 @@ class Watchdog:
 
     # -- loop threads --------------------------------------------------------------
 
-    def loop_starting(self, loop: Any) -> Optional[Beat]:
-        """``run_forever`` begins (loop thread): start the loop's heartbeat.
-
-        None when the loop already has a running beat (a nested call, which the loop
-        itself refuses) or cannot take a timer (closed: it raises its own error).
-        """
+    def _start(self, loop: Any, outer_depth: int, joined: bool) -> Optional[Beat]:
+        """Start ``loop``'s heartbeat (in its thread); None if it already has one or
+        cannot take a timer (a closed loop raises its own error right after)."""
         if self._stopped:
             return None
         try:
             with self._lock:
                 old = self._beats.get(id(loop))
                 if old is not None and old.loop is loop:
-                    if not old.joined and old.running:
-                        return None
+                    if old.running and not old.joined:
+                        return None  # seen both ways (a wrapper and asyncio's call)
                     old.running = False
-                beat = Beat(loop, self.interval, self.threshold, self._stall_ended)
+                beat = Beat(loop, self.interval, self.threshold, self._stall_ended, outer_depth)
+                beat.joined = joined
                 self._beats[id(loop)] = beat
                 first = len(self._beats) == 1
             self._ensure_thread()
-            if first:
+            if first or joined:
                 self._wake.set()  # the thread sleeps without a time-out while no loop runs
             return beat
         except Exception:
             return None
 
+    def loop_entered(self, loop: Any, outer_depth: int) -> None:
+        """``loop`` starts running in this thread (asyncio's own call, see
+        agent.interp.loops.RunningLoopHook)."""
+        beat = self._start(loop, outer_depth, joined=False)
+        if beat is not None:
+            self._by_thread[beat.thread_id] = beat
+
+    def loop_left(self) -> None:
+        """The loop running in this thread stops."""
+        beat = self._by_thread.pop(threading.get_ident(), None)
+        if beat is not None:
+            self.loop_stopped(beat)
+
+    def loop_starting(self, loop: Any, outer_depth: int) -> Optional[Beat]:
+        """A wrapped ``run_forever`` begins (agent.heartbeat.RunForeverPatch)."""
+        return self._start(loop, outer_depth, joined=False)
+
     def join_running(self, loop: Any) -> None:
         """Start the heartbeat of a loop already running in this thread (install()
-        called inside a loop): no ``run_forever`` wrapper is on its stack."""
-        if self._stopped:
-            return
-        try:
-            with self._lock:
-                if id(loop) in self._beats:
-                    return
-                beat = Beat(loop, self.interval, self.threshold, self._stall_ended, joined=True)
-                self._beats[id(loop)] = beat
-            self._ensure_thread()
-            self._wake.set()
-        except Exception:
-            pass
+        called inside a loop): it is dropped once the loop is seen stopped."""
+        self._start(loop, 0, joined=True)
 
     def loop_stopped(self, beat: Beat) -> None:
         """``run_forever`` returns or raises (loop thread): stop the heartbeat."""
@@ -200,6 +206,7 @@ class Watchdog:
             for beat in self._beats.values():
                 beat.running = False
             self._beats.clear()
+            self._by_thread.clear()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -279,21 +286,20 @@ class Watchdog:
             while walker is not None and len(frames) < _MAX_WALK:
                 frames.append(walker)  # innermost first
                 walker = walker.f_back
-            return self._classify(frames, task, due)
+            return self._classify(frames, task, due, beat.outer_depth)
         except Exception:
             return None
         finally:
             del frame, frames, task  # no frame or task outlives the sample
 
-    def _classify(self, frames: list[FrameType], task: Any, due: float) -> Optional[Sample]:
-        boundary = len(frames)  # frames[:boundary] run inside run_forever
-        for index, frame in enumerate(frames):
-            code = frame.f_code
-            if code is TICK_CODE:
-                return None  # the stall is over: the loop is running its heartbeat
-            if code is RUN_FOREVER_CODE:
-                boundary = index
-                break
+    def _classify(
+        self, frames: list[FrameType], task: Any, due: float, outer_depth: int
+    ) -> Optional[Sample]:
+        if any(frame.f_code is TICK_CODE for frame in frames):
+            return None  # the stall is over: the loop is running its heartbeat
+        # frames[:boundary] run inside the loop (all of them if that is not known).
+        known = 0 < outer_depth <= len(frames)
+        boundary = len(frames) - outer_depth if known else len(frames)
         sample = Sample(due)
         if task is not None:
             sample.blocked_in = IN_TASK
@@ -307,9 +313,9 @@ class Watchdog:
             if run_frame is not None:
                 sample.blocked_in = IN_CALLBACK
                 sample.callback = interp.callback_name(interp.handle_callback(run_frame))
-            elif boundary < len(frames):
-                # uvloop (compiled loop): the outermost application frame inside
-                # run_forever is the callback's own.
+            elif known:
+                # uvloop (a compiled loop): the outermost application frame inside the
+                # loop's run is the callback's own.
                 user = [f for f in inside if not _is_loop_code(f)]
                 if user:
                     code = user[-1].f_code
@@ -358,6 +364,7 @@ class Watchdog:
         self._ended = collections.deque()
         self._wake = threading.Event()
         self._beats = {key: b for key, b in self._beats.items() if b.thread_id == me}
+        self._by_thread = {key: b for key, b in self._by_thread.items() if key == me}
         self._thread = None
         if self._beats and not self._stopped:
             self._ensure_thread()
