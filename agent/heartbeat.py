@@ -10,7 +10,8 @@ exactly as without the agent). A beat lives exactly as long as one run of its lo
 nothing is scheduled on a loop that does not run, and a task's creation pays nothing.
 Runs in the loop's thread: a tick is one clock read, one comparison and one
 ``call_later``; it never blocks and never raises into the loop. It only notes that a
-stall ended; the watchdog thread does the rest.
+stall ended (with its thread's CPU times, one small /proc read); the watchdog thread
+does the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from .interp.loops import caller_depth
+from .threadstat import cpu_times
 
 _monotonic = time.monotonic
 _WRAPPER_MARK = "__asyncio_agent_wrapper__"
@@ -32,8 +34,9 @@ _MISSING = object()
 # keep a request's context variables alive, or show our timer inside its traces).
 _CONTEXT = contextvars.Context()
 
-StallEnded = Callable[["Beat", float, float], None]
-"""``(beat, due, ended)``: the loop ran its heartbeat ``ended - due`` seconds late."""
+StallEnded = Callable[["Beat", float, float, Optional[tuple[float, float]]], None]
+"""``(beat, due, ended, cpu)``: the loop ran its heartbeat ``ended - due`` seconds late;
+``cpu`` is its thread's (seconds on a CPU, seconds waiting for one) then, if known."""
 
 
 class Beat:
@@ -50,6 +53,7 @@ class Beat:
         "interval",
         "joined",
         "loop",
+        "native_id",
         "on_stall_end",
         "outer_depth",
         "running",
@@ -80,6 +84,7 @@ class Beat:
         """Started on a loop that was already running (install() inside a loop): no
         ``run_forever`` wrapper will stop it, the watchdog drops it once the loop stops."""
         self.thread_id = threading.get_ident()
+        self.native_id = threading.get_native_id()
         self.thread_name = threading.current_thread().name
         self.running = True
         self.sample: Any = None  # the watchdog's, see agent.watchdog
@@ -91,8 +96,8 @@ class Beat:
             return
         now = _monotonic()
         due = self.due
-        if now - due > self.threshold:
-            self.on_stall_end(self, due, now)
+        if now - due > self.threshold:  # rare: one /proc read, then the watchdog's turn
+            self.on_stall_end(self, due, now, cpu_times(self.native_id))
         self.due = now + self.interval
         try:
             self.handle = self.loop.call_later(self.interval, self._tick, context=_CONTEXT)
@@ -107,7 +112,7 @@ class Beat:
         now = _monotonic()
         due = self.due
         if now - due > self.threshold:
-            self.on_stall_end(self, due, now)
+            self.on_stall_end(self, due, now, cpu_times(self.native_id))
         handle, self.handle = self.handle, None
         if handle is not None:
             try:

@@ -92,6 +92,7 @@ class Installation:
             # Every BaseEventLoop, and every uvloop imported from now on, says when it
             # starts and stops running.
             self.running_hook.install()
+            self.watchdog.start()
         # structlog is loaded here, while the program imports asyncio and so cannot
         # have a single task yet: its thousands of allocations then cannot trigger a
         # collection that frees a lost task earlier than without the agent (as they
@@ -127,6 +128,7 @@ class Installation:
         if self.run_patch is not None and isinstance(loop_class, type) and self._uvloop_early:
             # uvloop read asyncio's running-loop setter before we wrapped it.
             self.run_patch.patch_class(loop_class)
+            self.watchdog.start()
         self.reporter.start()
 
     def start(self) -> None:

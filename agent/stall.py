@@ -23,6 +23,9 @@ OUTSIDE_CALLBACKS = "outside_callbacks"
 """The loop thread was in the loop's own code (waiting for I/O or timers, or between
 callbacks) yet did not run: it could not get the GIL (another thread held it, a garbage
 collection ran in another thread) or the process was not scheduled."""
+NOT_SCHEDULED = "not_scheduled"
+"""The loop thread was ready to run but waited for a CPU most of the time the watchdog
+looked (an overloaded machine): its running task or callback is not to blame."""
 NOT_SAMPLED = "not_sampled"
 """The watchdog could not look while the loop was blocked: the GIL was held for the
 whole stall (a long C call, a collection, another thread) or the process was paused."""

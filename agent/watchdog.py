@@ -25,7 +25,16 @@ from .interp import loops as interp
 from .records import record_of
 from .report import Suppressed
 from .sites import INTERNAL_MODULES, PACKAGE_DIR, SPAN_ATTR, Site
-from .stall import BLOCKED, IN_CALLBACK, IN_TASK, NOT_SAMPLED, OUTSIDE_CALLBACKS, Stall
+from .stall import (
+    BLOCKED,
+    IN_CALLBACK,
+    IN_TASK,
+    NOT_SAMPLED,
+    NOT_SCHEDULED,
+    OUTSIDE_CALLBACKS,
+    Stall,
+)
+from .threadstat import cpu_times
 
 _monotonic = time.monotonic
 _wall = time.time
@@ -33,10 +42,15 @@ _wall = time.time
 MAX_FRAMES = 48
 """Frames kept in ``blocking_stack`` (the innermost: where it blocks)."""
 _MAX_WALK = 512
+STARVED = 0.5
+"""A stall whose loop thread spent more than this share of the time from the watchdog's
+first look to the stall's end waiting for a CPU is the machine's, not the running code's."""
 _LOOP_MODULES = (*INTERNAL_MODULES, "selectors")
 """Frames of these modules are the loop's own code, not a callback's."""
 
 Submit = Callable[[Union[Stall, Suppressed]], None]
+CpuTimes = Optional[tuple[float, float]]
+Ended = tuple[Beat, float, float, CpuTimes]
 
 
 def interval_for(threshold: float) -> float:
@@ -55,6 +69,7 @@ class Sample:
         "blocked_in",
         "callback",
         "coroutine",
+        "cpu",
         "due",
         "site",
         "span",
@@ -74,6 +89,9 @@ class Sample:
         self.site: Optional[Site] = None
         self.span: object = None
         self.callback: Optional[str] = None
+        self.cpu: Optional[tuple[float, float, float]] = None
+        """(when, seconds on a CPU, seconds waiting for one) of the loop thread at the
+        first look, to tell a thread that computes or sleeps from one that gets no CPU."""
 
 
 def _is_loop_code(frame: FrameType) -> bool:
@@ -104,7 +122,7 @@ class Watchdog:
         self._beats: dict[int, Beat] = {}  # id(loop) -> its beat, while it runs
         # thread id -> the beat started by asyncio's "running loop" call in that thread
         self._by_thread: dict[int, Beat] = {}
-        self._ended: collections.deque[tuple[Beat, float, float]] = collections.deque()
+        self._ended: collections.deque[Ended] = collections.deque()
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._stopped = False
@@ -168,9 +186,9 @@ class Watchdog:
         except Exception:
             pass
 
-    def _stall_ended(self, beat: Beat, due: float, ended: float) -> None:
+    def _stall_ended(self, beat: Beat, due: float, ended: float, cpu: CpuTimes) -> None:
         # Loop thread, rarely (a stall longer than the threshold just ended).
-        self._ended.append((beat, due, ended))
+        self._ended.append((beat, due, ended, cpu))
         self._wake.set()
 
     # -- any thread ----------------------------------------------------------------
@@ -180,11 +198,11 @@ class Watchdog:
         ended = self._ended
         while True:
             try:
-                beat, due, end = ended.popleft()
+                beat, due, end, cpu = ended.popleft()
             except IndexError:
                 return
             try:
-                self._finish(beat, due, end)
+                self._finish(beat, due, end, cpu)
             except Exception:
                 pass
 
@@ -215,6 +233,12 @@ class Watchdog:
         _live_watchdogs.discard(self)
 
     # -- the watchdog thread -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread now, outside any loop (when asyncio is imported): starting a
+        thread waits for it, which must not happen while a loop runs."""
+        if not self._stopped:
+            self._ensure_thread()
 
     def _ensure_thread(self) -> None:
         thread = self._thread
@@ -262,6 +286,7 @@ class Watchdog:
                 new = self._sample(beat, due)
                 if new is not None and beat.due == due:  # still the same stall
                     new.taken = taken + 1
+                    new.cpu = sample.cpu if taken and sample is not None else _cpu_now(beat)
                     beat.sample = new
             if late < threshold:
                 wake_at = min(wake_at, due + threshold)
@@ -330,12 +355,18 @@ class Watchdog:
         sample.stack = tuple(_describe(f) for f in shown[-MAX_FRAMES:])
         return sample
 
-    def _finish(self, beat: Beat, due: float, end: float) -> None:
+    def _finish(self, beat: Beat, due: float, end: float, cpu: CpuTimes) -> None:
         """Queue the Stall of ``beat`` that was due at ``due`` and ended at ``end``."""
         sample = beat.sample
         if sample is None or sample.due != due:
             sample = Sample(due)
             sample.blocked_in = NOT_SAMPLED
+        elif _starved(sample.cpu, end, cpu, self.threshold):
+            # Ready to run, but no CPU: what happened to be running is not to blame.
+            starved = Sample(due)
+            starved.blocked_in = NOT_SCHEDULED
+            starved.stack = sample.stack
+            sample = starved
         site = sample.site
         if not self._admit((site, BLOCKED)):
             self._submit(Suppressed(BLOCKED, site, sample.coroutine, False))
@@ -366,8 +397,28 @@ class Watchdog:
         self._beats = {key: b for key, b in self._beats.items() if b.thread_id == me}
         self._by_thread = {key: b for key, b in self._by_thread.items() if key == me}
         self._thread = None
-        if self._beats and not self._stopped:
+        if not self._stopped:
             self._ensure_thread()
+
+
+def _cpu_now(beat: Beat) -> Optional[tuple[float, float, float]]:
+    times = cpu_times(beat.native_id)
+    return None if times is None else (_monotonic(), times[0], times[1])
+
+
+def _starved(
+    mark: Optional[tuple[float, float, float]], end: float, cpu: CpuTimes, threshold: float
+) -> bool:
+    """Whether, from the first look at the stall (``mark``) to its end, the loop thread
+    mostly waited for a CPU (ready to run, not running: an overloaded machine) and ran
+    too little to have blocked the loop itself. A thread that computes is to blame
+    even on a busy machine; one that sleeps (``time.sleep``, blocking I/O) neither runs
+    nor waits for a CPU, and is to blame too."""
+    if mark is None or cpu is None:
+        return False
+    wall = end - mark[0]
+    ran, waited = cpu[0] - mark[1], cpu[1] - mark[2]
+    return wall > 0 and waited > STARVED * wall and ran < threshold / 2
 
 
 def _is_running(loop: Any) -> bool:
