@@ -48,6 +48,7 @@ class Beat:
     """
 
     __slots__ = (
+        "cpu_mark",
         "due",
         "handle",
         "interval",
@@ -88,6 +89,7 @@ class Beat:
         self.thread_name = threading.current_thread().name
         self.running = True
         self.sample: Any = None  # the watchdog's, see agent.watchdog
+        self.cpu_mark: Any = None  # the watchdog's: CPU times at its last look
         self.due = _monotonic() + interval
         self.handle: Any = loop.call_later(interval, self._tick, context=_CONTEXT)
 

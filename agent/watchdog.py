@@ -44,7 +44,8 @@ MAX_FRAMES = 48
 _MAX_WALK = 512
 STARVED = 0.5
 """A stall whose loop thread spent more than this share of the time from the watchdog's
-first look to the stall's end waiting for a CPU is the machine's, not the running code's."""
+last look before it to its end waiting for a CPU is the machine's, not the running
+code's."""
 _LOOP_MODULES = (*INTERNAL_MODULES, "selectors")
 """Frames of these modules are the loop's own code, not a callback's."""
 
@@ -91,7 +92,8 @@ class Sample:
         self.callback: Optional[str] = None
         self.cpu: Optional[tuple[float, float, float]] = None
         """(when, seconds on a CPU, seconds waiting for one) of the loop thread at the
-        first look, to tell a thread that computes or sleeps from one that gets no CPU."""
+        watchdog's last look before the stall, to tell a thread that computes or sleeps
+        from one that gets no CPU."""
 
 
 def _is_loop_code(frame: FrameType) -> bool:
@@ -275,6 +277,8 @@ class Watchdog:
             sample = beat.sample
             taken = sample.taken if sample is not None and sample.due == due else 0
             if late < half:
+                # Not late: note its thread's CPU times, to judge a stall that begins now.
+                beat.cpu_mark = _cpu_now(beat)
                 wake_at = min(wake_at, due + half)
                 continue
             if beat.joined and not _is_running(beat.loop):
@@ -286,7 +290,7 @@ class Watchdog:
                 new = self._sample(beat, due)
                 if new is not None and beat.due == due:  # still the same stall
                     new.taken = taken + 1
-                    new.cpu = sample.cpu if taken and sample is not None else _cpu_now(beat)
+                    new.cpu = sample.cpu if taken and sample is not None else beat.cpu_mark
                     beat.sample = new
             if late < threshold:
                 wake_at = min(wake_at, due + threshold)
@@ -409,7 +413,7 @@ def _cpu_now(beat: Beat) -> Optional[tuple[float, float, float]]:
 def _starved(
     mark: Optional[tuple[float, float, float]], end: float, cpu: CpuTimes, threshold: float
 ) -> bool:
-    """Whether, from the first look at the stall (``mark``) to its end, the loop thread
+    """Whether, from the last look before the stall (``mark``) to its end, the loop thread
     mostly waited for a CPU (ready to run, not running: an overloaded machine) and ran
     too little to have blocked the loop itself. A thread that computes is to blame
     even on a busy machine; one that sleeps (``time.sleep``, blocking I/O) neither runs
@@ -417,8 +421,10 @@ def _starved(
     if mark is None or cpu is None:
         return False
     wall = end - mark[0]
+    if wall < threshold / 2:
+        return False  # looked at too briefly (the look itself may have had to wait)
     ran, waited = cpu[0] - mark[1], cpu[1] - mark[2]
-    return wall > 0 and waited > STARVED * wall and ran < threshold / 2
+    return waited > STARVED * wall and ran < threshold / 2
 
 
 def _is_running(loop: Any) -> bool:
