@@ -54,13 +54,20 @@ CpuTimes = Optional[tuple[float, float]]
 Ended = tuple[Beat, float, float, CpuTimes]
 
 
+FIRST_LOOK = 0.75
+"""The watchdog first samples a loop whose heartbeat is late by this share of the
+threshold (a stall that ends just past the threshold still has a stack), then again at
+the threshold (closer to what blocks at the end)."""
+
+
 def interval_for(threshold: float) -> float:
-    """The heartbeat interval for a threshold: a quarter of it, within 5-250 ms.
+    """The heartbeat interval for a threshold: a third of it, within 5-250 ms.
 
     A stall is measured from the moment a tick was due, so it may have begun up to one
-    interval earlier: with a quarter, every stall longer than 1.25 thresholds is caught.
+    interval earlier: with a third, every stall longer than 4/3 of the threshold is
+    caught, and an idle loop wakes 3 times per threshold (30 times a second at 100 ms).
     """
-    return min(max(threshold / 4, 0.005), 0.25)
+    return min(max(threshold / 3, 0.005), 0.25)
 
 
 class Sample:
@@ -268,7 +275,7 @@ class Watchdog:
         if not beats:
             return None
         threshold = self.threshold
-        half = threshold / 2
+        first = threshold * FIRST_LOOK
         now = _monotonic()
         wake_at = now + 1.0
         for beat in beats:
@@ -276,16 +283,16 @@ class Watchdog:
             late = now - due
             sample = beat.sample
             taken = sample.taken if sample is not None and sample.due == due else 0
-            if late < half:
+            if late < first:
                 # Not late: note its thread's CPU times, to judge a stall that begins now.
                 beat.cpu_mark = _cpu_now(beat)
-                wake_at = min(wake_at, due + half)
+                wake_at = min(wake_at, due + first)
                 continue
             if beat.joined and not _is_running(beat.loop):
                 self._forget(beat)
                 continue
-            # Sampled twice per stall: at half the threshold (in case it ends before
-            # we look again) and at the threshold (closer to what blocks at the end).
+            # Sampled twice per stall: at FIRST_LOOK (in case it ends before we look
+            # again) and at the threshold (closer to what blocks at the end).
             if taken == 0 or (taken == 1 and late >= threshold):
                 new = self._sample(beat, due)
                 if new is not None and beat.due == due:  # still the same stall
