@@ -192,6 +192,8 @@ def write_results(folder: Path, data: dict[str, Any]) -> Path:
     (folder / f"{tag}.json").write_text(json.dumps(data, indent=1))
     _write_pyperf(folder, tag, data["times"])
     lines = [
+        f"Reproduce: {data.get('command', 'python bench/run.py')}",
+        "",
         f"Python {data['python_full']}, {data['machine']}; {data['rounds']} interleaved rounds;"
         " ratio = best time / baseline best time in the same round: median (min-max).",
         "",
@@ -276,6 +278,7 @@ def main() -> None:
         "python_full": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "rounds": rounds,
+        "command": "python bench/run.py " + " ".join(sys.argv[1:]),
         "times": times,
         "ratios": ratios(times),
     }
