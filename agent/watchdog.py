@@ -4,8 +4,9 @@ Owns the registry of running loops' beats (agent.heartbeat), the one thread that
 watches them, the stack sample taken while a loop is still blocked, and turning a stall
 that ended into one :class:`~asyncio_agent.stall.Stall` on the reporter's queue (or a
 rate-limited count). It sleeps until the next moment a beat could be late, and forever
-while no loop runs. It never touches a loop's state, never calls into the loop, and
-keeps no frame, task or loop of a sample once the sample is made.
+while no loop runs. It never changes a loop's state (it only asks ``is_running()`` and
+``current_task(loop)``), and keeps no frame or task once a sample is made: samples are
+plain strings.
 """
 
 from __future__ import annotations
