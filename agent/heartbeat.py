@@ -4,7 +4,7 @@ Owns :class:`Beat`, the timer itself, and the fallback way of learning that a lo
 runs: a ``run_forever`` wrapper, for loop classes that never tell asyncio they run (a
 uvloop imported before the agent was installed, other loop implementations). Every
 other loop is seen through asyncio's own "this loop runs in this thread now" call
-(agent.interp.loops.RunningLoopHook), which leaves no frame of ours on the loop's stack
+(agent.interp.running.RunningLoopHook), which leaves no frame of ours on the loop's stack
 (debug mode's creation tracebacks and every traceback through ``run_forever`` stay
 exactly as without the agent). A beat lives exactly as long as one run of its loop:
 nothing is scheduled on a loop that does not run, and a task's creation pays nothing.
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Optional
 
-from .interp.loops import caller_depth
+from .interp.running import caller_depth
 from .threadstat import cpu_times
 
 _monotonic = time.monotonic

@@ -59,7 +59,7 @@ class Installation:
         self._uvloop_early = False
         if settings.block_ms:
             from .heartbeat import RunForeverPatch
-            from .interp.loops import RunningLoopHook
+            from .interp.running import RunningLoopHook
             from .watchdog import Watchdog
 
             self.watchdog = Watchdog(

@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 
 from .detect import Admit, Decoder
 from .heartbeat import TICK_CODE, Beat
-from .interp import loops as interp
+from .interp import running as interp
 from .records import record_of
 from .report import Suppressed
 from .sites import INTERNAL_MODULES, PACKAGE_DIR, SPAN_ATTR, Site
@@ -166,7 +166,7 @@ class Watchdog:
 
     def loop_entered(self, loop: Any, outer_depth: int) -> None:
         """``loop`` starts running in this thread (asyncio's own call, see
-        agent.interp.loops.RunningLoopHook)."""
+        agent.interp.running.RunningLoopHook)."""
         beat = self._start(loop, outer_depth, joined=False)
         if beat is not None:
             self._by_thread[beat.thread_id] = beat
