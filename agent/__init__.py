@@ -74,9 +74,9 @@ def snapshot() -> Any:
     tasks are waiting. Keeps no task alive after it returns. Works without
     :func:`install` too, but then no task has a creation site.
     """
-    from .snapshot import take_snapshot
+    from . import runtime
 
-    return take_snapshot()
+    return runtime.snapshot()
 
 
 def is_installed() -> bool:

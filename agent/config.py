@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Optional, TypeVar
 
 from .notices import warn_once
+
+# typing is not imported at run time: it costs ~6 ms, and this module is imported at
+# every start-up with the agent on (the annotations are strings).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 ENV_PREFIX = "ASYNCIO_AGENT"
 
@@ -18,14 +23,13 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 FORMATS = ("json", "console")
 
-T = TypeVar("T")
 
-
-class Settings(NamedTuple):
+class Settings:
     """Everything the agent can be told, after validation (immutable).
 
-    A NamedTuple rather than a frozen dataclass: importing dataclasses (and with it
-    inspect) would add ~15 ms to every start-up with the agent on.
+    Each field below is a name, its type and its default. A plain class rather than a
+    frozen dataclass or a NamedTuple: importing dataclasses or typing would add 6-15 ms
+    to every start-up with the agent on.
     """
 
     output: str = "stderr"
@@ -54,8 +58,29 @@ class Settings(NamedTuple):
     """A loop that does not run for longer than this many milliseconds is reported in an
     ``asyncio.loop.blocked`` event; 0 = off (no heartbeat, no watchdog thread)."""
     speedups: bool = True
-    """Use the compiled hot path (``asyncio_agent._speedups``) where it was built; ``False``
-    runs the same logic in Python."""
+    """Use the compiled hot path (``asyncio_agent.interp._speedups``) where it was built;
+    ``False`` runs the same logic in Python."""
+
+    def __init__(self, **values: Any) -> None:
+        unknown = set(values) - set(_fields())
+        if unknown:
+            raise TypeError(f"Settings() got unknown field(s): {', '.join(sorted(unknown))}")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Settings are immutable")
+
+    def _asdict(self) -> dict[str, Any]:
+        """Every field and its value, in declaration order."""
+        return {name: getattr(self, name) for name in _fields()}
+
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self._asdict().items()) + ")"
+
+
+def _fields() -> tuple[str, ...]:
+    return tuple(name for name in Settings.__annotations__ if not name.startswith("_"))
 
 
 # Environment variable suffix -> Settings field.
@@ -73,8 +98,9 @@ _ENV_FIELDS = {
     "SPEEDUPS": "speedups",
     "BLOCK_MS": "block_ms",
 }
-# Names that are read elsewhere (activation) and so are not unknown.
-_OTHER_KNOWN = frozenset({ENV_PREFIX})
+# Names that are read elsewhere, and so are not unknown: activation, and the development
+# setting that simulates another interpreter's shape (agent.interp.shape).
+_OTHER_KNOWN = frozenset({ENV_PREFIX, "ASYNCIO_AGENT_INTERP_SHAPE"})
 
 
 def is_enabled(environ: Mapping[str, str]) -> bool:

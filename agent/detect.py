@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Optional, Union
 
 from .exception_summary import summarize
+from .interp.loops import thread_name
+from .interp.tasks import coroutine_name, is_task
 from .records import record_of
 from .report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report, Suppressed
 from .sites import SPAN_ATTR, Site
@@ -30,11 +31,6 @@ UNRETRIEVED_SUFFIX = " exception was never retrieved"
 
 _monotonic = time.monotonic
 _wall = time.time
-
-
-def _is_task(obj: object) -> bool:
-    # Futures (plain, gather's) are reported by CPython too but are not tasks.
-    return getattr(type(obj), "get_coro", None) is not None
 
 
 def _qualified_type_name(exc: BaseException) -> str:
@@ -61,21 +57,6 @@ def _task_name(task: Any) -> Optional[str]:
     return name if isinstance(name, str) else _safe_str(name)
 
 
-def _coroutine_name(task: Any) -> Optional[str]:
-    try:
-        # ``_coro`` first: on 3.12.0-3.12.4, get_coro() crashes the interpreter for a
-        # task that finished eagerly (CPython gh-122332); the attribute is safe.
-        coro = task._coro if hasattr(task, "_coro") else task.get_coro()
-        if coro is None:
-            return None
-        name = getattr(coro, "__qualname__", None)
-        if isinstance(name, str):
-            return name
-        return type(coro).__qualname__
-    except Exception:
-        return None
-
-
 def _at_shutdown(loop: Any) -> bool:
     try:
         return bool(sys.is_finalizing() or loop.is_closed() or not loop.is_running())
@@ -83,24 +64,7 @@ def _at_shutdown(loop: Any) -> bool:
         return True
 
 
-def _thread_name(loop: Any) -> str:
-    # The thread whose loop owned the task, when the loop is running: a collection
-    # can run a finalizer in whichever thread happened to allocate (even the agent's).
-    # threading._active is read with a plain dict lookup: enumerate() takes a lock.
-    try:
-        loop_thread = getattr(loop, "_thread_id", None)
-        if loop_thread is not None:
-            owner = getattr(threading, "_active", {}).get(loop_thread)
-            if owner is not None:
-                return str(owner.name)
-        return threading.current_thread().name
-    except Exception:
-        return "?"
-
-
 Decoder = Callable[[object], tuple[Optional[Site], Optional[float]]]
-
-
 Admit = Callable[[tuple[Optional[Site], str]], bool]
 
 
@@ -135,12 +99,12 @@ def report_from_context(
             return None
         kind = EXCEPTION_UNRETRIEVED
         exception = raw
-    if not _is_task(task):
+    if not is_task(task):
         return None
 
     site, created = decode(record_of(task))
     if not admit((site, kind)):
-        return Suppressed(kind, site, _coroutine_name(task), _at_shutdown(loop))
+        return Suppressed(kind, site, coroutine_name(task), _at_shutdown(loop))
     age = None if created is None else max(0.0, _monotonic() - created)
 
     exception_type = exception_message = None
@@ -158,7 +122,7 @@ def report_from_context(
     return Report(
         kind=kind,
         task_name=_task_name(task),
-        coroutine=_coroutine_name(task),
+        coroutine=coroutine_name(task),
         site=site,
         task_age_s=age,
         at_shutdown=_at_shutdown(loop),
@@ -167,6 +131,6 @@ def report_from_context(
         exception_summary=summary,
         timestamp=_wall(),
         pid=os.getpid(),
-        thread=_thread_name(loop),
+        thread=thread_name(loop),
         span=getattr(task, SPAN_ATTR, None),
     )

@@ -263,6 +263,9 @@ class AgentPlugin:
     def _take_all(self) -> list[Heard]:
         from . import runtime
 
+        # The writer first: while it writes it allocates, and a collection it triggers
+        # would make ours return at once (CPython runs one collection at a time).
+        runtime.flush()
         # Two passes: a cycle's finalizer can free the next cycle.
         gc.collect()
         gc.collect()

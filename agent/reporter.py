@@ -1,43 +1,29 @@
 """The reporter: a bounded queue filled by finalizers and a thread that empties it.
 
 Owns ``submit`` (finalizer-safe: no lock, no I/O, never blocks), the writer thread,
-``flush``, the flush at exit, drop counting and the restart after ``os.fork()``.
+``flush``, ``close`` (what the installation runs at exit), drop counting, the counts of
+held-back reports, and ``after_fork_in_child``. Writes through the sinks and never
+imports; registers no process-wide hook itself (agent.lifecycle does).
 """
 
 from __future__ import annotations
 
-import atexit
 import collections
 import contextlib
+import functools
 import itertools
-import os
 import queue
 import sys
 import threading
-import weakref
 from collections.abc import Callable, Sequence
-from typing import Optional, Protocol, Union
+from typing import Optional, Union
 
 from .notices import warn_once
 from .ratelimit import RateLimiter, SuppressedCounts
 from .report import Report, Suppressed
+from .sinks.base import Sink
+from .sites import Site
 from .stall import Stall
-
-
-class Sink(Protocol):
-    """Where finished reports go. Called from the reporter thread only.
-
-    Optional methods, called when a sink has them: ``emit_blocked(stall)`` (a loop
-    stall, agent.stall), ``emit_suppressed(site, kind, count)``, ``flush_exports()``,
-    ``prepare()`` (before exit: get ready to write without importing),
-    ``close_exports(timeout)`` and ``summarize_losses()``.
-    """
-
-    def emit(self, report: Report) -> None:
-        """Write one report."""
-
-    def emit_dropped(self, count: int) -> None:
-        """Say that ``count`` reports were dropped because the queue was full."""
 
 
 class _FlushMarker:
@@ -111,7 +97,6 @@ class Reporter:
         # watchdog): each is asked to submit them at the start of every flush.
         self._before_flush: list[Callable[[], None]] = []
         self._idle = False  # the writer waits with no time-out: a held-back count wakes it
-        _live_reporters.add(self)
 
     # -- finalizer side --------------------------------------------------------
 
@@ -203,7 +188,7 @@ class Reporter:
         if self._thread is not None:
             # Tasks still alive are destroyed during interpreter teardown, when nothing
             # can be imported any more: sinks get ready to write without importing.
-            self._each_sink("prepare")
+            self._each_sink(lambda sink: sink.prepare())
         self._inline = True
         if self._limiter is not None:
             # From now on each report is written in place, in full: no count held back
@@ -220,14 +205,13 @@ class Reporter:
         self._say_suppressed(force=True)
         # Exporting sinks (OpenTelemetry) push out what they batched, time-bounded;
         # then a sink that could not write says once, at exit, how much it lost.
-        self._each_sink("close_exports", timeout)
-        self._each_sink("summarize_losses")
+        self._each_sink(lambda sink: sink.close_exports(timeout))
+        self._each_sink(lambda sink: sink.summarize_losses())
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Like :meth:`close`, then ignore every later report (used by uninstall)."""
         self.close(timeout)
         self._closed = True
-        _live_reporters.discard(self)
 
     # -- writer thread ---------------------------------------------------------
 
@@ -302,15 +286,15 @@ class Reporter:
         if isinstance(report, Suppressed):
             # Only in place, at exit, for a report held back just before the limit was
             # lifted: said at once, since nothing runs after the last finalizer.
-            self._each_sink("emit_suppressed", report.site, report.kind, 1, report.at_shutdown)
+            site, kind, shutdown = report.site, report.kind, report.at_shutdown
+            self._each_sink(lambda sink: sink.emit_suppressed(site, kind, 1, shutdown))
             return
-        method = "emit_blocked" if isinstance(report, Stall) else "emit"
         for sink in self._sinks:
-            emit = getattr(sink, method, None)
-            if emit is None:
-                continue
             try:
-                emit(report)
+                if isinstance(report, Stall):
+                    sink.emit_blocked(report)
+                else:
+                    sink.emit(report)
             except Exception as exc:  # a broken sink must never reach the application
                 if sys.is_finalizing():
                     continue  # modules are being torn down: nothing useful to say
@@ -320,21 +304,19 @@ class Reporter:
                     "its reports are being lost",
                 )
 
-    def _each_sink(self, method: str, *args: object) -> None:
-        """Call ``method`` on every sink that has it (the optional part of a Sink)."""
+    def _each_sink(self, call: Callable[[Sink], object]) -> None:
+        """``call(sink)`` for every sink; a failure stays with that sink."""
         for sink in self._sinks:
-            function = getattr(sink, method, None)
-            if function is not None:
-                with contextlib.suppress(Exception):
-                    function(*args)
+            with contextlib.suppress(Exception):
+                call(sink)
 
     def _flush_exports(self) -> None:
         # Sinks that batch (OpenTelemetry) hand over what they hold; each is time-bounded.
-        self._each_sink("flush_exports")
+        self._each_sink(lambda sink: sink.flush_exports())
 
     def _say_suppressed(self, force: bool) -> None:
-        for (site, kind, at_shutdown), count in self._suppressed.take(force):
-            self._each_sink("emit_suppressed", site, kind, count, at_shutdown)
+        for (site, kind, shutdown), count in self._suppressed.take(force):
+            self._each_sink(functools.partial(_say_suppressed, site, kind, count, shutdown))
 
     def _say_dropped(self) -> None:
         dropped = self._dropped
@@ -342,11 +324,10 @@ class Reporter:
             return
         count = dropped - self._dropped_said
         self._dropped_said = dropped
-        for sink in self._sinks:
-            with contextlib.suppress(Exception):
-                sink.emit_dropped(count)
+        self._each_sink(lambda sink: sink.emit_dropped(count))
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
+        """In a forked child: a new queue and writer; the parent writes what it queued."""
         # The parent still owns and writes what was queued before the fork.
         # threading's own fork handler has already marked our thread stopped, so
         # "was it started" is the question, not "is it alive".
@@ -361,49 +342,7 @@ class Reporter:
             self.start()
 
 
-_live_reporters: weakref.WeakSet[Reporter] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for reporter in list(_live_reporters):
-        reporter._after_fork_in_child()
-
-
-def _at_exit() -> None:
-    for reporter in list(_live_reporters):
-        reporter.close()
-    _keep_keyboard_interrupt_exit_status()
-
-
-def _keep_keyboard_interrupt_exit_status() -> None:
-    """After an unhandled KeyboardInterrupt, make the process still exit by SIGINT.
-
-    CPython remembers "the main module died of KeyboardInterrupt" in a flag that any
-    later ``exec()``/``eval()`` of a string clears (and imports such as dataclasses or
-    namedtuple do exactly that): the exit status would become 1 instead of -SIGINT.
-    The agent's work at exit (writing queued reports, exporting spans) may do that,
-    so the flag is set again the only way Python code can: by a string that
-    raises KeyboardInterrupt, run through ``exec``.
-    """
-    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    if type(last) is not KeyboardInterrupt:
-        return
-    try:
-        exec("raise KeyboardInterrupt")
-    except KeyboardInterrupt:
-        pass
-
-
-def _before_threads_join() -> None:
-    # Runs in threading._shutdown(): at normal exit (before atexit), and also in a
-    # multiprocessing child, which leaves through os._exit() and never runs atexit.
-    for reporter in list(_live_reporters):
-        reporter.flush()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_at_exit)
-_register_before_join = getattr(threading, "_register_atexit", None)
-if _register_before_join is not None:
-    with contextlib.suppress(RuntimeError):  # already shutting down
-        _register_before_join(_before_threads_join)
+def _say_suppressed(
+    site: Optional[Site], kind: str, count: int, at_shutdown: bool, sink: Sink
+) -> None:
+    sink.emit_suppressed(site, kind, count, at_shutdown)

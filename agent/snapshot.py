@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from .livetasks import live_tasks
+from .interp.shape import Shape
+from .interp.tasks import coro_of, has_unread_exception, live_tasks, waiter_of
 from .records import record_of
 from .sites import Site, SiteRecorder
 
@@ -81,7 +82,10 @@ class Snapshot:
     pid: int
     total: int
     source: str
-    """The asyncio registry read (see :mod:`asyncio_agent.livetasks`)."""
+    """Where the tasks were listed from (see agent.interp.tasks)."""
+    complete: bool
+    """True: every task not yet collected, finished ones too. False: only the pending
+    tasks of the loops the agent has seen (Python 3.14+ lists no more): "pending only"."""
     sites: tuple[SiteSnapshot, ...]
     loops: tuple[LoopState, ...] = ()
     """The running loops the blocking detector watches, and how long each has been
@@ -94,6 +98,8 @@ class Snapshot:
             "pid": self.pid,
             "total": self.total,
             "source": self.source,
+            "complete": self.complete,
+            "tasks": "all" if self.complete else "pending only",
             "sites": [site_to_dict(site) for site in self.sites],
             "loops": loops_to_list(self.loops),
         }
@@ -102,22 +108,6 @@ class Snapshot:
 def loops_to_list(loops: Iterable[LoopState]) -> list[dict[str, Any]]:
     """Loop states as plain values."""
     return [{"loop_thread": s.loop_thread, "blocked_s": s.blocked_s} for s in loops]
-
-
-def blocked_loops() -> tuple[LoopState, ...]:
-    """Each watched loop and how long it has been blocked now (none without the agent)."""
-    from . import runtime
-
-    installation = runtime.current()
-    watchdog = getattr(installation, "watchdog", None)
-    if watchdog is None:
-        return ()
-    try:
-        return tuple(
-            LoopState(state["loop_thread"], state["blocked_s"]) for state in watchdog.blocked_now()
-        )
-    except Exception:
-        return ()
 
 
 def site_to_dict(site: SiteSnapshot) -> dict[str, Any]:
@@ -145,14 +135,9 @@ def _state(task: Any) -> str:
             return "cancelled"
         # The attribute, not exception(): calling that would mark the exception
         # retrieved and silence CPython's "exception was never retrieved".
-        return "failed" if getattr(task, "_exception", None) is not None else "finished"
+        return "failed" if has_unread_exception(task) else "finished"
     except Exception:
         return "unknown"
-
-
-def _coro_of(task: Any) -> Any:
-    # ``_coro`` first: get_coro() can crash 3.12.0-3.12.4 for an eagerly finished task.
-    return task._coro if hasattr(task, "_coro") else task.get_coro()
 
 
 def _name_of(obj: Any) -> str:
@@ -169,7 +154,7 @@ def _awaiting(task: Any) -> tuple[str, ...]:
     """The await chain of a pending task, outermost coroutine first."""
     lines: list[str] = []
     try:
-        current = _coro_of(task)
+        current = coro_of(task)
         for _ in range(MAX_AWAIT_DEPTH):
             frame = getattr(current, "cr_frame", None) or getattr(current, "gi_frame", None)
             if frame is None:
@@ -189,10 +174,10 @@ def _awaiting(task: Any) -> tuple[str, ...]:
             ):
                 break
             current = following
-        waiter = getattr(task, "_fut_waiter", None)
+        waiter = waiter_of(task)
         if waiter is not None:
             if getattr(type(waiter), "get_coro", None) is not None:
-                lines.append(f"-> Task {waiter.get_name()!r} ({_name_of(_coro_of(waiter))})")
+                lines.append(f"-> Task {waiter.get_name()!r} ({_name_of(coro_of(waiter))})")
             else:
                 lines.append(f"-> {type(waiter).__qualname__}")
     except Exception:
@@ -219,7 +204,7 @@ class _Group:
         state = _state(task)
         self.states[state] += 1
         try:
-            self.coroutines[_name_of(_coro_of(task))] += 1
+            self.coroutines[_name_of(coro_of(task))] += 1
         except Exception:
             self.coroutines["?"] += 1
         if len(self.names) < MAX_EXAMPLES:
@@ -269,18 +254,25 @@ def group_tasks(tasks: Iterable[Any], recorder: SiteRecorder) -> tuple[SiteSnaps
     return tuple(frozen)
 
 
-def take_snapshot(recorder: Optional[SiteRecorder] = None) -> Snapshot:
-    """See :func:`asyncio_agent.snapshot`."""
-    if recorder is None:
-        from . import runtime
+def take_snapshot(
+    recorder: SiteRecorder,
+    shape: Optional[Shape],
+    loops: Iterable[Any] = (),
+    blocked: Iterable[dict[str, Any]] = (),
+) -> Snapshot:
+    """The live tasks now, by creation site (see :func:`asyncio_agent.snapshot`).
 
-        installation = runtime.current()
-        # Sites are shared by all recorders: a fresh one decodes any record.
-        recorder = installation.recorder if installation is not None else SiteRecorder(0)
-    tasks, source = live_tasks()
+    ``shape`` says how to list them (agent.interp.shape); ``loops`` are the loops the
+    agent has seen, asked for their pending tasks where the interpreter lists no more;
+    ``blocked`` is the blocking detector's view of the running loops
+    (agent.watchdog.Watchdog.blocked_now).
+    """
+    listed = live_tasks(shape, loops)
+    source, complete = listed.source, listed.complete
     try:
-        sites = group_tasks(tasks, recorder)
-        total = len(tasks)
+        sites = group_tasks(listed.tasks, recorder)
+        total = len(listed.tasks)
     finally:
-        del tasks  # the only strong references: gone before we return
-    return Snapshot(time.time(), os.getpid(), total, source, sites, blocked_loops())
+        del listed  # the only strong references: gone before we return
+    states = tuple(LoopState(entry["loop_thread"], entry["blocked_s"]) for entry in blocked)
+    return Snapshot(time.time(), os.getpid(), total, source, complete, sites, states)

@@ -15,7 +15,6 @@ import collections
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any, Optional, Union
@@ -137,7 +136,6 @@ class Watchdog:
         self._thread: Optional[threading.Thread] = None
         self._stopped = False
         self._run_codes: frozenset[CodeType] = frozenset()
-        _live_watchdogs.add(self)
 
     # -- loop threads --------------------------------------------------------------
 
@@ -240,7 +238,6 @@ class Watchdog:
         if thread is not None and thread is not threading.current_thread():
             thread.join(1.0)
         self.drain()
-        _live_watchdogs.discard(self)
 
     # -- the watchdog thread -------------------------------------------------------
 
@@ -400,8 +397,9 @@ class Watchdog:
             )
         )
 
-    def _after_fork_in_child(self) -> None:
-        # Only the forking thread exists in the child: keep its loop's beat, if any.
+    def after_fork_in_child(self) -> None:
+        """In a forked child (agent.lifecycle, through the installation): only the
+        forking thread exists there; keep its loop's beat, if any, and a new thread."""
         me = threading.get_ident()
         self._lock = threading.Lock()
         self._ended = collections.deque()
@@ -440,14 +438,3 @@ def _is_running(loop: Any) -> bool:
         return bool(loop.is_running())
     except Exception:
         return False
-
-
-_live_watchdogs: weakref.WeakSet[Watchdog] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for watchdog in list(_live_watchdogs):
-        watchdog._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -322,3 +322,55 @@ def test_the_agent_never_imports_while_writing_or_exiting(run: Runner, output_fo
     after_the_end = [row for row in rows if row[2] == "True"]
     assert in_agent_threads == []
     assert after_the_end == []
+
+
+# -- process-wide hooks belong to the installation -----------------------------------
+
+LIFECYCLE = """
+import atexit, os, sys
+
+import asyncio_agent
+import asyncio_agent.reporter, asyncio_agent.runtime, asyncio_agent.snapshot_dump
+import asyncio_agent.sinks.events, asyncio_agent.sinks.otel
+
+AGENT_DIR = os.path.dirname(asyncio_agent.__file__)
+MODE = sys.argv[1]
+
+
+def agent_code_run_by(action):
+    # Which of the agent's functions run during action(), by a profile hook.
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(AGENT_DIR):
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+if MODE == "installed":
+    asyncio_agent.install()
+elif MODE == "uninstalled":
+    asyncio_agent.install()
+    asyncio_agent.uninstall()
+print("at exit:", sorted(set(agent_code_run_by(atexit._run_exitfuncs))))
+"""
+
+
+@pytest.mark.parametrize("mode", ["imported", "installed", "uninstalled"])
+def test_process_wide_hooks_are_registered_by_install_and_undone_by_uninstall(
+    run: Runner, mode: str
+) -> None:
+    result = run(LIFECYCLE, agent=False, args=(mode,), env={"ASYNCIO_AGENT_OUTPUT": "stderr"})
+    assert result.returncode == 0, result.stderr
+    if mode == "installed":
+        expected = "at exit: ['_at_exit', 'at_exit', 'keep_keyboard_interrupt_exit_status']"
+    else:  # importing the modules registers nothing; uninstall unregisters
+        expected = "at exit: []"
+    assert result.stdout == expected + "\n"
+    assert result.stderr == ""

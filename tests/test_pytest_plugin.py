@@ -124,14 +124,23 @@ def test_allow_marker_accepts_declared_losses_only(pytester: pytest.Pytester) ->
         @pytest.mark.asyncio_agent_allow(kind="destroyed_pending")
         def test_other_kind_still_fails():
             lose(boom)
+
+        @pytest.mark.asyncio_agent_allow(coroutine="other*")
+        def test_other_coroutine_still_fails():
+            lose(boom)
+
+        @pytest.mark.asyncio_agent_allow(kind="exception_unretrieved", coroutine="boom", count=2)
+        def test_all_three_filters_together():
+            lose(boom, boom)
         """,
         "--asyncio-agent",
     )
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=2, failed=3)
     result.stdout.fnmatch_lines_random(
         [
             "FAILED test_app.py::test_count_exceeded - asyncio-agent: 1 task(s) lost*",
             "FAILED test_app.py::test_other_kind_still_fails*",
+            "FAILED test_app.py::test_other_coroutine_still_fails*",
         ]
     )
 

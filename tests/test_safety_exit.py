@@ -265,8 +265,9 @@ import asyncio_agent.sites
 asyncio_agent.install()
 installation = asyncio_agent.runtime.current()
 captured = []
-submit = installation.patcher._submit
-installation.patcher._submit = lambda report: (captured.append(report), submit(report))
+patcher = installation.pipeline().patcher
+submit = patcher._submit
+patcher._submit = lambda report: (captured.append(report), submit(report))
 import asyncio  # patched now, with the capturing submit
 
 

@@ -18,10 +18,13 @@ _RUNPY_FILES = frozenset({os.path.normcase(runpy.__file__), "<frozen runpy>"})
 _PACKAGE_DIR = os.path.normcase(os.path.dirname(os.path.dirname(__file__))) + os.sep
 
 
+_LAUNCHERS: set[str] = set()  # the console script, when it is what runs us
+
+
 def _is_launcher(filename: str) -> bool:
     """Whether a frame of this file is runpy's or the agent's (the launcher's)."""
     name = os.path.normcase(filename)
-    return name in _RUNPY_FILES or name.startswith(_PACKAGE_DIR)
+    return name in _RUNPY_FILES or name.startswith(_PACKAGE_DIR) or name in _LAUNCHERS
 
 
 def _program_traceback(tb: Optional[TracebackType]) -> Optional[TracebackType]:
@@ -47,6 +50,13 @@ class _ProgramExceptHook:
 def _install(output: Optional[str], format: Optional[str]) -> None:
     from .. import runtime
     from ..config import load_settings
+    from ..sites import LAUNCHER_FILES
+
+    # The console script (bin/asyncio-agent) runs below every frame of the program.
+    launcher = sys.argv[0] if sys.argv else ""
+    if launcher and not _is_launcher(launcher):
+        LAUNCHER_FILES.add(launcher)
+        _LAUNCHERS.add(os.path.normcase(launcher))
 
     # runpy's frames sit above every frame of the program: never part of its stacks.
     skip = load_settings(os.environ).skip_modules

@@ -25,6 +25,7 @@ from ..report import EXCEPTION_UNRETRIEVED, Report
 from ..sites import Site
 from ..stall import IN_CALLBACK, IN_TASK, Stall
 from ..tracing import hex_ids
+from .base import Sink
 
 DROPPED_EVENT = "asyncio.agent.reports_dropped"
 SNAPSHOT_EVENT = "asyncio.tasks.snapshot"
@@ -180,7 +181,7 @@ class _LineWriter:
     error = warning = info = debug = critical = msg
 
 
-class EventSink:
+class EventSink(Sink):
     """Writes each Report as a structlog event to stderr, stdout or a file."""
 
     def __init__(self, settings: Settings) -> None:

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Optional, Union
 
 from .. import otelenv
@@ -20,10 +20,13 @@ from ..report import EXCEPTION_UNRETRIEVED, Report
 from ..sites import Site
 from ..stall import BLOCKED, IN_CALLBACK, IN_TASK, Stall
 from ..tracing import is_real_provider, unpack
+from .base import Sink
 
 SCOPE = "asyncio-agent"
 ANOMALIES_METRIC = "asyncio.task.anomalies"
 LIVE_METRIC = "asyncio.task.live"
+LIVE_SCOPE_ATTRIBUTE = "asyncio.tasks.listed"
+"""On the live-task gauge: ``all`` (every task not yet collected) or ``pending``."""
 BLOCKED_METRIC = "asyncio.loop.blocked.duration"
 BLOCKED_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Histogram bucket boundaries (seconds) for loop stalls (the SDK's default ones are
@@ -78,29 +81,12 @@ def stall_attributes(stall: Stall) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _live_task_count() -> int:
-    # Tasks the process still holds (not yet garbage-collected), all loops and threads:
-    # the sizes of asyncio's own registries, read when the metric is collected, so
-    # task creation does no counting work at all.
-    tasks = sys.modules.get("asyncio.tasks")
-    count = 0
-    # 3.12+: _scheduled_tasks and _eager_tasks; 3.10 and 3.11: _all_tasks.
-    for name in ("_scheduled_tasks", "_eager_tasks", "_all_tasks"):
-        registry = getattr(tasks, name, None)
-        if registry is not None:
-            try:
-                count += len(registry)
-            except Exception:
-                pass
-    return count
-
-
 def _is_real_meter_provider(provider: object) -> bool:
     name = type(provider).__name__
     return provider is not None and name not in ("_ProxyMeterProvider", "NoOpMeterProvider")
 
 
-class OtelSink:
+class OtelSink(Sink):
     """Emits anomalies as spans and metrics through the application's or its own providers."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
@@ -126,9 +112,9 @@ class OtelSink:
         self._problems = otelenv.ExportProblems()
         self._bounded = otelenv.BoundedRunner()
         self.delivery = otelenv.SpanDelivery()
-        self.dropped_after_close = 0
-        self.skipped_spans = 0
-        """Anomaly spans not made because the exporter was stuck in an earlier call."""
+        self.live_tasks: Callable[[], tuple[int, bool]] = lambda: (0, True)
+        """How many tasks are alive, and whether that is all of them (set by the
+        installation: agent.interp knows how to count them here)."""
 
     # -- when to wake up -----------------------------------------------------------
 
@@ -281,32 +267,30 @@ class OtelSink:
             )
 
         def observe_live(_options: Any) -> Iterator[Any]:
-            yield observation(_live_task_count())
+            count, complete = self.live_tasks()
+            # Where the interpreter lists only pending tasks (3.14+), the value says so.
+            yield observation(count, {LIVE_SCOPE_ATTRIBUTE: "all" if complete else "pending"})
 
         meter.create_observable_gauge(
             LIVE_METRIC,
             callbacks=[observe_live],
             unit="{task}",
-            description="asyncio tasks alive in the process (not yet garbage-collected)",
+            description="asyncio tasks alive in the process (not yet garbage-collected); "
+            f"{LIVE_SCOPE_ATTRIBUTE}=pending where only pending tasks can be listed",
         )
 
     # -- reports ---------------------------------------------------------------------
 
     def emit(self, report: Report) -> None:
         """Record ``report`` as one span and one counter increment."""
-        if self._closed:
-            self.dropped_after_close += 1
-            return
-        if not self._wanted():
+        if self._closed or not self._wanted():
             return
         with self._lock:
             tracer = self._resolve()
-            if tracer is not None:
-                if self._stuck and self._bounded.busy():
-                    # The exporter is still inside a call that missed its deadline.
-                    self.skipped_spans += 1
-                else:
-                    self._end_span_bounded(tracer, report)
+            # While the exporter is still inside a call that missed its deadline, the
+            # span is skipped (said once, when it got stuck); the event is written.
+            if tracer is not None and not (self._stuck and self._bounded.busy()):
+                self._end_span_bounded(tracer, report)
             if self._counter is not None:
                 attributes = self._metric_attributes(report.site, report.kind, report.at_shutdown)
                 self._counter.add(1, attributes)
@@ -403,18 +387,12 @@ class OtelSink:
     def emit_blocked(self, stall: Stall) -> None:
         """Record a loop stall as one span (in the blocked task's creator's trace) and
         one histogram value."""
-        if self._closed:
-            self.dropped_after_close += 1
-            return
-        if not self._wanted():
+        if self._closed or not self._wanted():
             return
         with self._lock:
             tracer = self._resolve()
-            if tracer is not None:
-                if self._stuck and self._bounded.busy():
-                    self.skipped_spans += 1
-                else:
-                    self._end_span_bounded(tracer, stall)
+            if tracer is not None and not (self._stuck and self._bounded.busy()):
+                self._end_span_bounded(tracer, stall)
             if self._histogram is not None:
                 self._histogram.record(stall.duration_s, self._stall_metric_attributes(stall))
 
@@ -473,9 +451,6 @@ class OtelSink:
             if self._counter is not None:
                 self._counter.add(count, self._metric_attributes(site, kind, at_shutdown))
 
-    def emit_dropped(self, count: int) -> None:
-        """Dropped reports are already said by the event sink."""
-
     # -- flush and exit ----------------------------------------------------------------
 
     def flush_exports(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
@@ -521,6 +496,7 @@ class OtelSink:
                         pass
 
             finished = self._bounded.run(shutdown, left) and finished
+            self._problems.detach()
         self._say_lost(finished, budget)
 
     def _say_lost(self, finished: bool, budget: float) -> None:
