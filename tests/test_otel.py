@@ -50,6 +50,8 @@ def dump(exporter, reader):
     for rm in (data.resource_metrics if data else []):
         for sm in rm.scope_metrics:
             for m in sm.metrics:
+                if m.name == "asyncio.loop.blocked.duration":
+                    continue  # a loaded machine's stalls (a histogram: no single value)
                 points[m.name] = [
                     {"attributes": dict(p.attributes), "value": p.value}
                     for p in m.data.data_points
