@@ -22,9 +22,10 @@ from .interp.frames import getframe
 _getframe = getframe
 _monotonic = time.monotonic
 
-# Module-name prefixes whose frames are never a creation site: asyncio itself and the
-# loop implementations that call back into asyncio.
-INTERNAL_MODULES: tuple[str, ...] = ("asyncio", "uvloop")
+# Module-name prefixes whose frames are never a creation site: asyncio itself, the loop
+# implementations that call back into asyncio, and instrumentations that wrap
+# create_task for the caller (OpenTelemetry's asyncio instrumentation).
+INTERNAL_MODULES: tuple[str, ...] = ("asyncio", "uvloop", "opentelemetry.instrumentation.asyncio")
 
 PACKAGE_DIR = os.path.dirname(__file__) + os.sep
 """The agent's own files are recognised by where they are, never by a module name: an

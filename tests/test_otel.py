@@ -573,6 +573,33 @@ def test_redacted_reports_put_no_message_in_spans(run: Runner) -> None:
     assert span["status"]["description"] == "ValueError: ValueError"
 
 
+def test_opentelemetry_asyncio_instrumentation_does_not_take_the_creation_site(
+    run: Runner,
+) -> None:
+    # Its wrapper of create_task calls the original on the caller's behalf: the site is
+    # still the application's line (as with asyncio's and uvloop's own frames).
+    pytest.importorskip("opentelemetry.instrumentation.asyncio")
+    source = """
+    import asyncio, gc
+    from opentelemetry.instrumentation.asyncio import AsyncioInstrumentor
+    AsyncioInstrumentor().instrument()
+    gc.disable()
+
+    async def forever():
+        await asyncio.Event().wait()
+
+    async def main():
+        asyncio.create_task(forever())  # SITE
+        await asyncio.sleep(0)
+        gc.collect()
+
+    asyncio.run(main())
+    """
+    result = run(source)
+    [event] = result.anomalies()
+    assert (event["creation_function"], event["creation_line"]) == ("main", line_of(source, "SITE"))
+
+
 BLOCKING_REQUEST = (
     PRELUDE
     + """

@@ -322,9 +322,12 @@ def test_collector_receives_anomaly_spans_inside_the_request_trace(
     service = f"signup-{uuid.uuid4().hex[:8]}"
     # opentelemetry-instrument: the distro sets the global providers from the
     # environment, and the agent's instrumentor entry point switches the agent on.
-    result = _run(
-        tmp_path, SIGNUP_SERVICE, _otel_env(collector, protocol, service), (str(instrument),)
-    )
+    env = _otel_env(collector, protocol, service)
+    # Not OpenTelemetry's own asyncio instrumentation (the otel-test extra installs it,
+    # and opentelemetry-instrument would load it): it wraps each coroutine, which CPython
+    # and the agent then name. test_otel covers the agent beside it.
+    env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "asyncio"
+    result = _run(tmp_path, SIGNUP_SERVICE, env, (str(instrument),))
     assert result.returncode == 0, result.stderr
 
     def complete(spans: list[Span], points: list[Point]) -> bool:
