@@ -27,7 +27,8 @@ def install(**options: Any) -> None:
     Options override the ``ASYNCIO_AGENT_*`` environment variables (the README's
     Settings table): ``output`` (``"stderr"``, ``"stdout"`` or a file path), ``format``
     (``"json"`` or ``"console"``), ``stack_depth``, ``queue_size``, ``skip_modules``,
-    ``rate_limit``, ``redact``, ``path_root``, ``dump_signal``, ``snapshot_interval``.
+    ``rate_limit``, ``redact``, ``path_root``, ``dump_signal``, ``snapshot_interval``,
+    ``block_ms`` (loop stalls longer than this are reported; 0 = off).
     A bad value gives one warning on stderr and its default; an unknown option is a
     TypeError.
     Loops are patched when asyncio or uvloop is imported, or now if they already are.

@@ -54,6 +54,9 @@ class Settings:
     """Signal name (``SIGUSR1``) that writes a task snapshot event; empty = off."""
     snapshot_interval: float = 0.0
     """Seconds between task snapshot events; 0 = off."""
+    block_ms: int = 100
+    """A loop that does not run for longer than this many milliseconds is reported in an
+    ``asyncio.loop.blocked`` event; 0 = off (no heartbeat, no watchdog thread)."""
     speedups: bool = True
     """Use the compiled hot path (``asyncio_agent.interp._speedups``) where it was built;
     ``False`` runs the same logic in Python."""
@@ -101,6 +104,7 @@ _ENV_FIELDS = {
     "SPEEDUPS": "speedups",
     "COROUTINE_ORIGIN": "coroutine_origin",
     "STUCK_S": "stuck_s",
+    "BLOCK_MS": "block_ms",
 }
 # Names that are read elsewhere, and so are not unknown: activation, and the development
 # setting that simulates another interpreter's shape (agent.interp.shape).
@@ -189,6 +193,18 @@ def _speedups(name: str, raw: object) -> bool:
     return True
 
 
+MIN_BLOCK_MS = 10
+"""The smallest blocking threshold: the heartbeat runs every quarter of it."""
+
+
+def _block_ms(name: str, raw: object) -> int:
+    value = _whole_number(name, raw, 100, 0, 3_600_000)
+    if 0 < value < MIN_BLOCK_MS:
+        warn_once(name, f"{name}={raw!r} is below {MIN_BLOCK_MS}; using {MIN_BLOCK_MS}")
+        return MIN_BLOCK_MS
+    return value
+
+
 def _path_root(name: str, raw: object) -> Optional[str]:
     if raw is None:
         return None
@@ -255,6 +271,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "speedups": _speedups,
     "coroutine_origin": lambda name, raw: _whole_number(name, raw, 0, 0, 64),
     "stuck_s": _seconds,
+    "block_ms": _block_ms,
 }
 
 

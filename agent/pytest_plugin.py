@@ -1,5 +1,6 @@
 """pytest plugin: a test fails when it loses a task (destroyed pending, exception unread)
-or a coroutine (never awaited), and, when asked, when it leaves tasks behind.
+or a coroutine (never awaited), and, when asked, when it leaves tasks behind or blocks
+its event loop for longer than a limit.
 
 Owns the ``--asyncio-agent`` options, the ``asyncio_agent_allow`` marker and per-test
 attribution (left-over tasks: asyncio_agent.pytest_leftovers). Does nothing unless
@@ -27,11 +28,14 @@ from .findings import (
     origin_site,
 )
 from .report import DESTROYED_PENDING, EXCEPTION_UNRETRIEVED, Report, Suppressed
+from .stall import BLOCKED, IN_CALLBACK, IN_TASK, Stall
 
 MARK = "asyncio_agent_allow"
 MODES = ("fail", "error", "warn")
 PENDING_MODES = ("fail", "warn", "off")
 _KINDS = {
+    "blocked": BLOCKED,
+    BLOCKED: BLOCKED,
     "never_awaited": NEVER_AWAITED,
     NEVER_AWAITED: NEVER_AWAITED,
     "left_pending": LEFT_PENDING,
@@ -77,6 +81,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "teardown is over, or cancelled only by its loop's shutdown (asyncio.run, "
         "Runner.close); off by default",
     )
+    group.addoption(
+        "--asyncio-agent-block-ms",
+        type=int,
+        default=None,
+        dest="asyncio_agent_block_ms",
+        help="also fail a test that blocks its event loop for longer than this many "
+        "milliseconds (0: off, the default), naming the blocking line and the task",
+    )
     parser.addini("asyncio_agent", "switch the asyncio-agent plugin on", type="bool", default=False)
     parser.addini(
         "asyncio_agent_mode", "fail, error or warn (see --asyncio-agent-mode)", default="fail"
@@ -86,6 +98,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "fail, warn or off: tests that leave tasks behind (see --asyncio-agent-pending)",
         default="off",
     )
+    parser.addini(
+        "asyncio_agent_block_ms",
+        "fail tests that block their event loop longer than this (ms; 0: off)",
+        default="0",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,7 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{MARK}(kind=None, coroutine=None, count=None): this test is expected to lose "
         "tasks or coroutines or leave tasks behind; kind is destroyed_pending, "
-        "exception_unretrieved, never_awaited or left_pending, coroutine a name or "
+        "exception_unretrieved, never_awaited, left_pending or blocked, coroutine a name or "
         "glob, count the most allowed (default: any number)",
     )
     pending = (
@@ -116,7 +133,20 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"asyncio_agent_mode = {mode!r}: expected one of {', '.join(MODES)}"
         )
-    plugin = AgentPlugin(mode if wanted else None, None if pending == "off" else pending)
+    block_ms = config.getoption("asyncio_agent_block_ms", default=None)
+    if block_ms is None:
+        raw = str(config.getini("asyncio_agent_block_ms")).strip() or "0"
+        try:
+            block_ms = int(raw)
+        except ValueError:
+            raise pytest.UsageError(
+                f"asyncio_agent_block_ms = {raw!r}: expected a whole number of milliseconds"
+            ) from None
+    if block_ms < 0:
+        raise pytest.UsageError(f"asyncio_agent_block_ms = {block_ms}: expected 0 or more")
+    plugin = AgentPlugin(
+        mode if wanted else None, None if pending == "off" else pending, block_ms
+    )
     config.pluginmanager.register(plugin, "asyncio-agent-plugin")
 
 
@@ -150,7 +180,7 @@ def _allowances(item: pytest.Item) -> list[_Allowance]:
             if kind is None:
                 raise pytest.UsageError(
                     f"@pytest.mark.{MARK}: kind={raw_kind!r} is not destroyed_pending, "
-                    "exception_unretrieved, never_awaited or left_pending"
+                    "exception_unretrieved, never_awaited, left_pending or blocked"
                 )
         count = mark.kwargs.get("count")
         found.append(
@@ -296,20 +326,55 @@ def _destroyed_as_left(report: Report) -> LeftPending:
     )
 
 
+def describe_stalls(stalls: list[Stall], limit_ms: int) -> str:
+    """The failure text for stalls: how long, what ran, the blocking line, its creator."""
+    lines = [
+        f"asyncio-agent: the event loop was blocked {len(stalls)} time(s) for longer than "
+        f"{limit_ms} ms during this test"
+    ]
+    for number, stall in enumerate(stalls, start=1):
+        if stall.blocked_in == IN_TASK:
+            who = f"in task {stall.task_name!r} (coroutine {stall.coroutine})"
+        elif stall.blocked_in == IN_CALLBACK:
+            who = f"in callback {stall.callback}"
+        else:
+            who = f"({stall.blocked_in.replace('_', ' ')}: no task or callback to blame)"
+        lines.append("")
+        lines.append(f"[{number}] blocked for {stall.duration_s:.3f} s {who}")
+        frames = [frame for frame in stall.blocking_stack if not _is_runner(frame)]
+        if frames:
+            lines.append("    loop blocked at (most recent call last):")
+            lines.extend(f"      {frame}" for frame in frames)
+        site = stall.site
+        if stall.blocked_in == IN_TASK and site is not None:
+            lines.append(f"    task created at {site.filename}:{site.lineno} in {site.function}")
+    lines.append("")
+    lines.append(f"If this is expected: @pytest.mark.{MARK}(kind='blocked')")
+    return "\n".join(lines)
+
+
 class AgentPlugin:
     """The active plugin: installs the agent, listens to its reports, judges each test."""
 
-    def __init__(self, mode: Optional[str], pending_mode: Optional[str] = None) -> None:
+    def __init__(
+        self, mode: Optional[str], pending_mode: Optional[str] = None, block_ms: int = 0
+    ) -> None:
         from . import runtime
 
         self.mode = mode
         """fail, error or warn for lost tasks and never-awaited coroutines; None: off."""
         self.pending_mode = pending_mode
         """fail or warn for tasks left behind; None: off."""
+        self.block_ms = block_ms
+        """Fail a test that blocks its loop longer than this (ms); 0: off."""
         self._installed_here = False
         if runtime.current() is None:
             # Events go nowhere unless the user asked for a file: the failures say it all.
-            options = {} if os.environ.get("ASYNCIO_AGENT_OUTPUT") else {"output": os.devnull}
+            options: dict[str, Any] = (
+                {} if os.environ.get("ASYNCIO_AGENT_OUTPUT") else {"output": os.devnull}
+            )
+            if block_ms:
+                options["block_ms"] = block_ms
             runtime.install(**options)
             self._installed_here = True
         installation = runtime.current()
@@ -327,7 +392,7 @@ class AgentPlugin:
 
     def _on_report(self, report: Judged) -> None:
         # Reporter thread: one append, nothing else.
-        if isinstance(report, (Report, Suppressed, NeverAwaited)):
+        if isinstance(report, (Report, Suppressed, NeverAwaited, Stall)):
             self._reports.append(report)
 
     def _take(self) -> list[Judged]:
@@ -343,7 +408,7 @@ class AgentPlugin:
             # task left behind, and a full collection per test costs.)
             gc.collect()
             gc.collect()
-        runtime.flush()
+        runtime.flush()  # also queues the loop stalls that have ended
         taken, self._reports = self._reports, []
         return taken
 
@@ -386,6 +451,18 @@ class AgentPlugin:
             unexpected_left = [r for r in left if not any(a.takes(r) for a in allowances)]
             if unexpected_left:
                 texts.setdefault(self.pending_mode, []).append(describe_leftovers(unexpected_left))
+        if self.block_ms:
+            stalls = [
+                r
+                for r in reports
+                if isinstance(r, Stall)
+                and r.duration_s * 1000 > self.block_ms
+                and not any(a.takes(r) for a in allowances if a.kind == BLOCKED)
+            ]
+            if stalls:
+                texts.setdefault(self.mode or "fail", []).append(
+                    describe_stalls(stalls, self.block_ms)
+                )
         for mode, parts in texts.items():
             text = "\n\n".join(parts)
             if mode == "warn":

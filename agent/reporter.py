@@ -93,6 +93,9 @@ class Reporter:
         # Reports the rate limit held back, waiting to be counted: appended by
         # finalizers (deque.append is atomic), collected by the writer periodically.
         self._held_back: collections.deque[Suppressed] = collections.deque()
+        # Producers holding finished reports they have not submitted yet (the loop
+        # watchdog): each is asked to submit them at the start of every flush.
+        self._before_flush: list[Callable[[], None]] = []
         self._idle = False  # the writer waits with no time-out: a held-back count wakes it
 
     # -- finalizer side --------------------------------------------------------
@@ -130,6 +133,10 @@ class Reporter:
         (in the writer thread; must not block)."""
         self._listeners = [*self._listeners, listener]
 
+    def add_before_flush(self, submit_pending: Callable[[], None]) -> None:
+        """Call ``submit_pending()`` at the start of every flush (in the flushing thread)."""
+        self._before_flush = [*self._before_flush, submit_pending]
+
     def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
         self._listeners = [known for known in self._listeners if known is not listener]
@@ -155,6 +162,9 @@ class Reporter:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until every report queued so far is written; False on timeout."""
+        for submit_pending in self._before_flush:
+            with contextlib.suppress(Exception):
+                submit_pending()
         thread = self._thread
         if thread is None or not thread.is_alive() or thread is threading.current_thread():
             self._drain()

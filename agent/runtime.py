@@ -84,6 +84,23 @@ class Pipeline:
             self.stuck = StuckDetector(
                 settings.stuck_s, self.recorder, self.reporter.submit, self.live_task_list
             )
+        # Blocking detection: a heartbeat per running loop and one watchdog thread.
+        self.watchdog: Any = None
+        self.running_hook: Any = None
+        self.run_patch: Any = None
+        if settings.block_ms:
+            from .heartbeat import RunForeverPatch
+            from .interp.running import RunningLoopHook
+            from .watchdog import Watchdog
+
+            self.watchdog = Watchdog(
+                settings.block_ms, self.recorder.decode, submit, self.limiter.admit
+            )
+            self.running_hook = RunningLoopHook(self.watchdog.loop_entered, self.watchdog.loop_left)
+            self.run_patch = RunForeverPatch(
+                self.watchdog.loop_starting, self.watchdog.loop_stopped
+            )
+            self.reporter.add_before_flush(self.watchdog.drain)
         # Snapshot dumps (signal / timer) exist only when a setting asks for them.
         self.dumper: Any = None
         if settings.dump_signal or settings.snapshot_interval:
@@ -106,11 +123,13 @@ class Pipeline:
         """The live tasks now, by creation site (agent.snapshot)."""
         from .snapshot import take_snapshot
 
+        blocked = self.watchdog.blocked_now() if self.watchdog is not None else ()
         return take_snapshot(
             self.recorder,
             self.shape,
             self.patcher.seen_loops or (),
             tuple(self.never_awaited_tally.top()),
+            blocked,
         )
 
     def live_task_list(self) -> list[Any]:
@@ -118,6 +137,19 @@ class Pipeline:
         from .interp.tasks import live_tasks
 
         return live_tasks(self.shape, self.patcher.seen_loops or ()).tasks
+
+    def watch_loops(self, uvloop_module: Optional[ModuleType] = None) -> None:
+        """Blocking detection: learn when loops run (asyncio's running-loop setter), and
+        start the watchdog thread now, outside any loop. ``uvloop_module``: a uvloop
+        imported before install(), which kept asyncio's own setter: its ``Loop`` gets a
+        ``run_forever`` wrapper instead."""
+        if self.watchdog is None:
+            return
+        self.running_hook.install()
+        loop_class = getattr(uvloop_module, "Loop", None)
+        if isinstance(loop_class, type):
+            self.run_patch.patch_class(loop_class)
+        self.watchdog.start()
 
     def live_task_count(self) -> tuple[int, bool]:
         """How many tasks are alive, and whether that is all of them (else pending only)."""
@@ -135,6 +167,8 @@ class Installation(ProcessHooks):
         self.settings = settings
         self._pipeline: Optional[Pipeline] = None
         self._build_lock = threading.Lock()
+        # A uvloop imported before install() kept asyncio's own running-loop setter.
+        self._uvloop_early = False
         self.hook = PostImportHook(
             {
                 "asyncio": self._asyncio_imported,
@@ -182,6 +216,7 @@ class Installation(ProcessHooks):
         # thread and each thread that runs a loop).
         pipeline.never_awaited.start()
         pipeline.never_awaited.on_asyncio_imported(module)
+        pipeline.watch_loops()
         # structlog is loaded here, while the program imports asyncio and so cannot
         # have a single task yet: its thousands of allocations then cannot trigger a
         # collection that frees a lost task earlier than without the agent (as they
@@ -220,6 +255,7 @@ class Installation(ProcessHooks):
     def _uvloop_imported(self, module: ModuleType) -> None:
         pipeline = self.pipeline()
         pipeline.patcher.on_uvloop_imported(module)
+        pipeline.watch_loops(module if self._uvloop_early else None)
         pipeline.reporter.start()
 
     # -- life --------------------------------------------------------------------------
@@ -231,16 +267,22 @@ class Installation(ProcessHooks):
             dumper = self.pipeline().dumper
             if dumper is not None:
                 dumper.install_signal_handler()
+        self._uvloop_early = "uvloop.loop" in sys.modules
         self.hook.install()  # asyncio or uvloop already imported: patched now
         running = _running_loop()
         if running is not None:
             self.instrument_loop(running)
+            watchdog = self.pipeline().watchdog
+            if watchdog is not None:
+                watchdog.join_running(running)  # no run_forever of ours on its stack
 
     def instrument_loop(self, loop: Any) -> bool:
         pipeline = self.pipeline()
         ok = pipeline.patcher.patch_loop(loop)
         if ok:
             pipeline.reporter.start()
+        if pipeline.run_patch is not None and not _tells_when_running(loop):
+            pipeline.run_patch.patch_class(type(loop))  # from its next run_forever on
         return ok
 
     def flush(self, timeout: float) -> bool:
@@ -258,6 +300,10 @@ class Installation(ProcessHooks):
         pipeline.never_awaited.stop()
         if pipeline.stuck is not None:
             pipeline.stuck.stop()
+        if pipeline.watchdog is not None:
+            pipeline.running_hook.uninstall()
+            pipeline.run_patch.unpatch_all()
+            pipeline.watchdog.stop()
         if pipeline.dumper is not None:
             pipeline.dumper.stop()
         pipeline.reporter.shutdown(timeout)
@@ -292,8 +338,16 @@ class Installation(ProcessHooks):
                 pipeline.dumper.after_fork_in_child()
             if pipeline.stuck is not None:
                 pipeline.stuck.after_fork_in_child()
+            if pipeline.watchdog is not None:
+                pipeline.watchdog.after_fork_in_child()
         except Exception:
             pass
+
+
+def _tells_when_running(loop: Any) -> bool:
+    """Whether ``loop`` calls asyncio's running-loop setter as it runs (a BaseEventLoop)."""
+    base_events = sys.modules.get("asyncio.base_events")
+    return base_events is not None and isinstance(loop, base_events.BaseEventLoop)
 
 
 _lock = threading.Lock()

@@ -64,6 +64,15 @@ class SiteSnapshot:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoopState:
+    """One running event loop at the moment of the snapshot."""
+
+    loop_thread: str
+    blocked_s: float
+    """How long it has not run (0.0: it is responsive); with blocking detection on."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Snapshot:
     """Every live task of the process at one moment, by creation site, largest first."""
 
@@ -80,6 +89,9 @@ class Snapshot:
     never_awaited: tuple[dict[str, Any], ...] = ()
     """Coroutines never awaited since the agent was installed, by coroutine and
     creation site, most frequent first (``coroutine``, ``creation_site``, ``count``)."""
+    loops: tuple[LoopState, ...] = ()
+    """The running loops the blocking detector watches, and how long each has been
+    blocked right now (empty with ``ASYNCIO_AGENT_BLOCK_MS=0``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and dicts, ready for ``json.dumps``."""
@@ -92,7 +104,13 @@ class Snapshot:
             "tasks": "all" if self.complete else "pending only",
             "sites": [site_to_dict(site) for site in self.sites],
             "never_awaited": [dict(entry) for entry in self.never_awaited],
+            "loops": loops_to_list(self.loops),
         }
+
+
+def loops_to_list(loops: Iterable[LoopState]) -> list[dict[str, Any]]:
+    """Loop states as plain values."""
+    return [{"loop_thread": s.loop_thread, "blocked_s": s.blocked_s} for s in loops]
 
 
 def site_to_dict(site: SiteSnapshot) -> dict[str, Any]:
@@ -209,12 +227,15 @@ def take_snapshot(
     shape: Optional[Shape],
     loops: Iterable[Any] = (),
     never_awaited: tuple[dict[str, Any], ...] = (),
+    blocked: Iterable[dict[str, Any]] = (),
 ) -> Snapshot:
     """The live tasks now, by creation site (see :func:`asyncio_agent.snapshot`).
 
     ``shape`` says how to list them (agent.interp.shape); ``loops`` are the loops the
     agent has seen, asked for their pending tasks where the interpreter lists no more;
     ``never_awaited`` the tally of never-awaited coroutines so far.
+    ``blocked`` is the blocking detector's view of the running loops
+    (agent.watchdog.Watchdog.blocked_now).
     """
     listed = live_tasks(shape, loops)
     source, complete = listed.source, listed.complete
@@ -223,4 +244,7 @@ def take_snapshot(
         total = len(listed.tasks)
     finally:
         del listed  # the only strong references: gone before we return
-    return Snapshot(time.time(), os.getpid(), total, source, complete, sites, never_awaited)
+    states = tuple(LoopState(entry["loop_thread"], entry["blocked_s"]) for entry in blocked)
+    return Snapshot(
+        time.time(), os.getpid(), total, source, complete, sites, never_awaited, states
+    )

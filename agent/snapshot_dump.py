@@ -17,7 +17,7 @@ from .config import Settings
 from .notices import warn_once
 from .reporter import Reporter
 from .sinks.base import Sink
-from .snapshot import Snapshot, site_to_dict
+from .snapshot import Snapshot, loops_to_list, site_to_dict
 
 GROWTH_RUNS = 3
 """A site is "growing" when its live count rose in each of this many snapshots in a row."""
@@ -168,6 +168,7 @@ class SnapshotDumper:
             "tasks": "all" if snapshot.complete else "pending only",
             "sites": [site_to_dict(site) for site in snapshot.sites],
             "never_awaited": [dict(entry) for entry in snapshot.never_awaited],
+            "loops": loops_to_list(snapshot.loops),
             "pid": snapshot.pid,
             "_timestamp": snapshot.timestamp,
         }

@@ -29,7 +29,7 @@ from pathlib import Path
 from run import VARIANTS, WORKLOADS, Variant
 
 HERE = Path(__file__).resolve().parent
-COUNTED = ("baseline", "agent", "agent_python_path")
+COUNTED = ("baseline", "agent", "agent_no_blocking", "agent_python_path")
 # Sizes that keep each child under a minute in valgrind; the fan-out tree only has its
 # full shape (7 levels, 21,845 tasks) at scale 1.
 SCALES = {"create_gather": 0.2, "fan_out_tree": 1.0, "echo_server": 0.2}

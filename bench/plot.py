@@ -2,6 +2,9 @@
 
 Owns the picture only: one panel per Python, one group of bars per workload, the
 median ratio against the baseline with the min-max range as an error bar.
+
+    python bench/plot.py                              # bench/results/overhead.png
+    python bench/plot.py bench/results/blocking       # that folder's overhead.png
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
-    """Plot every full (non-smoke) result file found."""
+    """Plot every full (non-smoke) result file found (in the folder given, if any)."""
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
     files = sorted(
-        p for p in RESULTS.glob("py*.json") if "smoke" not in p.name and "-" not in p.stem
+        p for p in folder.glob("py*.json") if "smoke" not in p.name and "-" not in p.stem
     )
     if not files:
         sys.exit("no results: run bench/run.py first")
@@ -51,7 +55,7 @@ def main() -> None:
         axis.set_title(f"Python {result['python_full']} ({result['machine']})")
         axis.legend(fontsize=7, ncols=2)
     figure.tight_layout()
-    out = RESULTS / "overhead.png"
+    out = folder / "overhead.png"
     figure.savefig(out, dpi=110)
     print(f"wrote {out}")
 

@@ -50,6 +50,8 @@ def dump(exporter, reader):
     for rm in (data.resource_metrics if data else []):
         for sm in rm.scope_metrics:
             for m in sm.metrics:
+                if m.name == "asyncio.loop.blocked.duration":
+                    continue  # a loaded machine's stalls (a histogram: no single value)
                 points[m.name] = [
                     {"attributes": dict(p.attributes), "value": p.value}
                     for p in m.data.data_points
@@ -618,6 +620,38 @@ dump(exporter, reader)
 )
 
 
+BLOCKING_REQUEST = (
+    PRELUDE
+    + """
+import time
+
+async def render_report():
+    time.sleep(0.6)  # BLOCK
+
+async def handle_report():
+    tracer = trace.get_tracer("app")
+    with tracer.start_as_current_span("GET /report"):
+        await asyncio.create_task(render_report())  # SITE
+
+exporter, reader = setup()
+asyncio.run(handle_report())
+import asyncio_agent
+asyncio_agent.flush()
+spans = [json.loads(s.to_json(indent=None)) for s in exporter.get_finished_spans()]
+points = []
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            if m.name == "asyncio.loop.blocked.duration":
+                points += [
+                    {"attributes": dict(p.attributes), "count": p.count, "sum": p.sum}
+                    for p in m.data.data_points
+                ]
+print("OTEL " + json.dumps({"spans": spans, "metrics": points}))
+"""
+)
+
+
 @pytest.mark.parametrize("origin", ["0", "4"])
 def test_never_awaited_coroutine_is_an_error_span_in_its_creation_trace(
     run: Runner, origin: str
@@ -652,3 +686,28 @@ def test_never_awaited_coroutine_is_an_error_span_in_its_creation_trace(
     assert sum(p["value"] for p in points) == 2
     # One count per creation site: two known lines, or one "unknown".
     assert len(points) == (2 if origin == "4" else 1)
+
+
+def test_blocked_loop_is_a_span_in_the_trace_that_created_the_task_and_a_histogram(
+    run: Runner,
+) -> None:
+    result = run(BLOCKING_REQUEST, env={"ASYNCIO_AGENT_BLOCK_MS": "200"})
+    data = exported(result)
+    request = named(data["spans"], "GET /report")
+    span = named(data["spans"], "asyncio.loop.blocked")
+    assert span["parent_id"] == request["context"]["span_id"]
+    assert span["context"]["trace_id"] == request["context"]["trace_id"]
+    assert span["status"]["status_code"] == "ERROR"
+    attributes = span["attributes"]
+    assert attributes["asyncio.loop.blocked_in"] == "task"
+    assert attributes["asyncio.task.coroutine"] == "render_report"
+    assert attributes["code.lineno"] == line_of(BLOCKING_REQUEST, "# SITE")
+    assert attributes["code.function"] == "handle_report"
+    blocking_line = f"app.py:{line_of(BLOCKING_REQUEST, '# BLOCK')} in render_report"
+    assert attributes["asyncio.loop.blocking_stack"].splitlines()[-1].endswith(blocking_line)
+    assert attributes["asyncio.loop.blocked_s"] > 0.2
+    [point] = data["metrics"]
+    assert point["count"] == 1
+    assert point["attributes"]["asyncio.loop.blocked_in"] == "task"
+    site = point["attributes"]["asyncio.task.site"]
+    assert site.endswith(f"app.py:{line_of(BLOCKING_REQUEST, '# SITE')}")

@@ -25,6 +25,10 @@ from typing import Any
 import pytest
 from conftest import DESTROYED, SITECUSTOMIZE_DIR, UNRETRIEVED, clean_environment
 
+BLOCKED = "asyncio.loop.blocked"
+"""Loop stalls: on a loaded machine a test program may stall; these tests are about lost
+tasks, blocking has its own tests (test_blocking, test_otel)."""
+
 pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra (pip install .[otlp])")
 
 PROTOCOLS = ["http/protobuf", "grpc"]
@@ -327,9 +331,10 @@ def test_collector_receives_anomaly_spans_inside_the_request_trace(
     assert result.returncode == 0, result.stderr
 
     def complete(spans: list[Span], points: list[Point]) -> bool:
-        return len(spans) >= 3 and _anomaly_count(points) >= 2
+        return len([s for s in spans if s.name != BLOCKED]) >= 3 and _anomaly_count(points) >= 2
 
     spans, points = collector.received(service, complete)
+    spans = [span for span in spans if span.name != BLOCKED]  # a loaded machine's stalls
     names = sorted(span.name for span in spans)
     assert names == ["POST /signup", DESTROYED, UNRETRIEVED], collector.log.read_text()[-3000:]
     request = next(span for span in spans if span.name == "POST /signup")
@@ -380,9 +385,10 @@ def test_env_only_agent_delivers_root_anomaly_spans_and_counter(
     assert result.returncode == 0, result.stderr
 
     def complete(spans: list[Span], points: list[Point]) -> bool:
-        return len(spans) >= 2 and _anomaly_count(points) >= 2
+        return len([s for s in spans if s.name != BLOCKED]) >= 2 and _anomaly_count(points) >= 2
 
     spans, points = collector.received(service, complete)
+    spans = [span for span in spans if span.name != BLOCKED]  # a loaded machine's stalls
     assert sorted(span.name for span in spans) == [DESTROYED, UNRETRIEVED], (
         collector.log.read_text()[-3000:]
     )

@@ -338,3 +338,53 @@ def test_plugin_asked_for_by_name_when_autoload_is_disabled(
     )
     assert "Warning" not in result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=1, failed=1)
+
+
+BLOCKING = """
+import asyncio, time
+import pytest
+
+async def render():
+    time.sleep(0.6)  # BLOCK
+
+def test_blocks_its_loop():
+    async def main():
+        await asyncio.create_task(render())  # SITE
+    asyncio.run(main())
+
+@pytest.mark.asyncio_agent_allow(kind="blocked")
+def test_blocks_on_purpose():
+    asyncio.run(render())
+
+def test_never_blocks():
+    async def main():
+        await asyncio.sleep(0.3)
+    asyncio.run(main())
+"""
+
+
+def test_block_limit_fails_a_test_that_blocks_its_loop_with_the_blocking_line(
+    pytester: pytest.Pytester,
+) -> None:
+    plain = _run(pytester, BLOCKING, "--asyncio-agent")
+    plain.assert_outcomes(passed=3)  # opt-in: without a limit, blocking fails nothing
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--asyncio-agent", "--asyncio-agent-block-ms=200"
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*asyncio-agent: the event loop was blocked 1 time(s) for longer than 200 ms*",
+            "*blocked for * s in task 'Task-*' (coroutine render)",
+            f"*test_app.py:{_line(BLOCKING, '# BLOCK')} in render",
+            f"*task created at *test_app.py:{_line(BLOCKING, '# SITE')} in *main",
+            "FAILED test_app.py::test_blocks_its_loop*",
+        ]
+    )
+
+
+def test_block_limit_from_the_ini_file(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI + "asyncio_agent = true\nasyncio_agent_block_ms = 200\n")
+    pytester.makepyfile(test_app=BLOCKING)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)

@@ -1,6 +1,8 @@
 """``python -m asyncio_agent report``: event files from many processes, grouped by creation site.
 
-Owns reading JSON-lines event files and the table, JSON and Markdown renderings. Never
+Owns reading JSON-lines event files and the table, JSON and Markdown renderings: lost
+tasks by kind and creation site, and event loop blocks by blocking line and by what was
+blocking (the running task's creation site, or the callback). Never
 fails on a bad line: truncated, foreign or unreadable lines are counted and reported.
 Every count is of reports CPython made: a site's count is its events written plus the
 reports the rate limit held back (``asyncio.agent.reports_suppressed`` counts); reports
@@ -25,6 +27,86 @@ KINDS = {
 NEVER_AWAITED = "asyncio.coroutine.never_awaited"
 SUPPRESSED_EVENT = "asyncio.agent.reports_suppressed"
 DROPPED_EVENT = "asyncio.agent.reports_dropped"
+BLOCKED_EVENT = "asyncio.loop.blocked"
+
+
+@dataclass
+class BlockedGroup:
+    """Event loop blocks with one blocking line and one culprit."""
+
+    blocking_line: Optional[str]
+    """The innermost frame of ``blocking_stack``: where the loop thread was."""
+    blocked_by: str
+    """``task created at file:line in function``, ``callback NAME``, or why neither."""
+    written: int = 0
+    suppressed: int = 0
+    total_s: float = 0.0
+    max_s: float = 0.0
+    first_seen: Optional[str] = None
+    last_seen: Optional[str] = None
+    coroutines: collections.Counter[str] = field(default_factory=collections.Counter)
+    pids: set[int] = field(default_factory=set)
+
+    @property
+    def count(self) -> int:
+        """Blocks seen: written plus held back by the rate limit."""
+        return self.written + self.suppressed
+
+    def add(self, event: dict[str, Any], count: int = 1, suppressed: bool = False) -> None:
+        """Add one written event (or a held-back count)."""
+        if suppressed:
+            self.suppressed += count
+        else:
+            self.written += 1
+            duration = event.get("duration_s")
+            if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+                self.total_s += float(duration)
+                self.max_s = max(self.max_s, float(duration))
+            coroutine = event.get("coroutine")
+            if isinstance(coroutine, str):
+                self.coroutines[coroutine] += 1
+        stamp = event.get("timestamp")
+        if isinstance(stamp, str):
+            if self.first_seen is None or stamp < self.first_seen:
+                self.first_seen = stamp
+            if self.last_seen is None or stamp > self.last_seen:
+                self.last_seen = stamp
+        pid = event.get("pid")
+        if isinstance(pid, int):
+            self.pids.add(pid)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON."""
+        return {
+            "blocking_line": self.blocking_line,
+            "blocked_by": self.blocked_by,
+            "count": self.count,
+            "written": self.written,
+            "suppressed": self.suppressed,
+            "total_s": round(self.total_s, 6),
+            "max_s": round(self.max_s, 6),
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "coroutines": dict(self.coroutines.most_common()),
+            "pids": sorted(self.pids),
+        }
+
+
+def _site_text(event: dict[str, Any]) -> Optional[str]:
+    file = event.get("creation_file")
+    if not isinstance(file, str):
+        return None
+    return f"{file}:{event.get('creation_line')} in {event.get('creation_function')}"
+
+
+def _blocked_by(event: dict[str, Any]) -> str:
+    where = event.get("blocked_in")
+    if where == "task":
+        site = _site_text(event)
+        return f"task created at {site}" if site else "task created at <unknown>"
+    if where == "callback":
+        return f"callback {event.get('callback')}"
+    return str(where or "<unknown>").replace("_", " ")
 
 
 @dataclass
@@ -128,6 +210,8 @@ class Summary:
     missing_files: list[str] = field(default_factory=list)
     dropped: int = 0
     """Reports dropped because the agent's queue was full (their sites are unknown)."""
+    blocked: list[BlockedGroup] = field(default_factory=list)
+    """Event loop blocks, by blocking line and culprit, most frequent first."""
 
     @property
     def total(self) -> int:
@@ -146,6 +230,7 @@ class Summary:
             "total": self.total,
             "dropped": self.dropped,
             "groups": [group.to_dict() for group in self.groups],
+            "blocked": [group.to_dict() for group in self.blocked],
         }
 
 
@@ -161,6 +246,7 @@ def summarize(paths: Iterable[str]) -> Summary:
     """Read every file in ``paths`` and group their task events by kind and site."""
     summary = Summary(groups=[], files=[])
     groups: dict[tuple[Any, ...], Group] = {}
+    blocked: dict[tuple[Optional[str], str], BlockedGroup] = {}
     for path in paths:
         try:
             lines = list(_lines(path))
@@ -171,8 +257,11 @@ def summarize(paths: Iterable[str]) -> Summary:
         for line in lines:
             if line.strip():
                 summary.lines += 1
-                _read_line(line, summary, groups)
+                _read_line(line, summary, groups, blocked)
     summary.groups = sorted(groups.values(), key=lambda g: (-g.count, g.site, g.kind))
+    summary.blocked = sorted(
+        blocked.values(), key=lambda g: (-g.count, -g.total_s, g.blocking_line or "")
+    )
     return summary
 
 
@@ -181,7 +270,12 @@ def _count_of(event: dict[str, Any]) -> int:
     return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
-def _read_line(line: str, summary: Summary, groups: dict[tuple[Any, ...], Group]) -> None:
+def _read_line(
+    line: str,
+    summary: Summary,
+    groups: dict[tuple[Any, ...], Group],
+    blocked: dict[tuple[Optional[str], str], BlockedGroup],
+) -> None:
     try:
         event = json.loads(line)
     except ValueError:
@@ -193,6 +287,10 @@ def _read_line(line: str, summary: Summary, groups: dict[tuple[Any, ...], Group]
         return
     if name == DROPPED_EVENT:
         summary.dropped += _count_of(event)
+        return
+    held_back = name == SUPPRESSED_EVENT and event.get("suppressed_event") == BLOCKED_EVENT
+    if name == BLOCKED_EVENT or held_back:
+        _add_blocked(event, held_back, blocked)
         return
     suppressed = name == SUPPRESSED_EVENT and event.get("suppressed_event") in KINDS
     if name not in KINDS and not suppressed:
@@ -219,6 +317,27 @@ def _read_line(line: str, summary: Summary, groups: dict[tuple[Any, ...], Group]
         group.add_suppressed(event)
     else:
         group.add(event)
+
+
+def _add_blocked(
+    event: dict[str, Any],
+    held_back: bool,
+    blocked: dict[tuple[Optional[str], str], BlockedGroup],
+) -> None:
+    if held_back:
+        site = _site_text(event)
+        key: tuple[Optional[str], str] = (
+            None,
+            f"task created at {site}" if site else "<unknown>",
+        )
+    else:
+        stack = event.get("blocking_stack")
+        innermost = stack[-1] if isinstance(stack, list) and stack else None
+        key = (innermost if isinstance(innermost, str) else None, _blocked_by(event))
+    group = blocked.get(key)
+    if group is None:
+        group = blocked[key] = BlockedGroup(*key)
+    group.add(event, _count_of(event), suppressed=held_back)
 
 
 def _text(value: object) -> Optional[str]:
@@ -271,6 +390,53 @@ def _noun(summary: Summary) -> str:
     return "anomalies (lost tasks, never-awaited coroutines, stuck tasks)"
 
 
+_BLOCKED_COLUMNS = (
+    "COUNT",
+    "RATE-LIMITED",
+    "TOTAL S",
+    "MAX S",
+    "BLOCKING LINE",
+    "BLOCKED BY",
+    "LAST SEEN",
+    "PIDS",
+)
+
+
+def _blocked_rows(summary: Summary) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for group in summary.blocked:
+        pids = sorted(group.pids)
+        shown = ",".join(str(pid) for pid in pids[:5]) + (
+            f" +{len(pids) - 5}" if len(pids) > 5 else ""
+        )
+        coroutine = ", ".join(c for c, _ in group.coroutines.most_common(1))
+        rows.append(
+            (
+                str(group.count),
+                str(group.suppressed) if group.suppressed else "",
+                f"{group.total_s:.3f}",
+                f"{group.max_s:.3f}",
+                group.blocking_line or ("<rate-limited>" if not group.written else "<not sampled>"),
+                group.blocked_by + (f" ({coroutine})" if coroutine else ""),
+                group.last_seen or "",
+                shown,
+            )
+        )
+    return rows
+
+
+def _columns(header: tuple[str, ...], rows: list[tuple[str, ...]], right: int) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    out = []
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(widths[i]) if i < right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
 def _footer(summary: Summary) -> list[str]:
     written = sum(group.written for group in summary.groups)
     suppressed = sum(group.suppressed for group in summary.groups)
@@ -280,6 +446,13 @@ def _footer(summary: Summary) -> list[str]:
         f"site unknown); {len(summary.groups)} groups, from {len(summary.files)} file(s), "
         f"{summary.lines} lines"
     ]
+    if summary.blocked:
+        blocks = sum(group.count for group in summary.blocked)
+        seconds = sum(group.total_s for group in summary.blocked)
+        lines.append(
+            f"{blocks} event loop block(s), {seconds:.3f} s in all, in "
+            f"{len(summary.blocked)} groups (blocking line, blocked by)"
+        )
     if summary.unreadable_lines:
         lines.append(f"{summary.unreadable_lines} line(s) unreadable (truncated or not JSON)")
     if summary.foreign_lines:
@@ -303,6 +476,9 @@ def render_table(summary: Summary) -> str:
         out.append("  ".join(cells).rstrip())
     if not rows:
         out = ["no task events found"]
+    if summary.blocked:
+        out += ["", "event loop blocks:"]
+        out += _columns(_BLOCKED_COLUMNS, _blocked_rows(summary), 4)
     return "\n".join([*out, "", *_footer(summary)]) + "\n"
 
 
@@ -320,6 +496,16 @@ def render_markdown(summary: Summary) -> str:
             + " | ".join(f"`{cell(c)}`" if i == 3 else cell(c) for i, c in enumerate(row))
             + " |"
         )
+    if summary.blocked:
+        out += ["", "Event loop blocks:", ""]
+        out.append("| " + " | ".join(c.title() for c in _BLOCKED_COLUMNS) + " |")
+        out.append("|" + "|".join("---:" if i < 4 else "---" for i in range(8)) + "|")
+        for row in _blocked_rows(summary):
+            out.append(
+                "| "
+                + " | ".join(f"`{cell(c)}`" if i in (4, 5) else cell(c) for i, c in enumerate(row))
+                + " |"
+            )
     return "\n".join([*out, "", *(f"_{line}_  " for line in _footer(summary))]) + "\n"
 
 

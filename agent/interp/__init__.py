@@ -18,7 +18,11 @@ Every private name the agent uses, per interpreter shape:
   "unhandled KeyboardInterrupt" exit flag (re-set with ``exec``), ``WeakSet.data``;
   OpenTelemetry: ``opentelemetry.context._RUNTIME_CONTEXT._current_context``,
   ``opentelemetry.trace.propagation._SPAN_KEY``, ``opentelemetry.trace._TRACER_PROVIDER``,
-  ``._set_tracer_provider``, and the SDK's internal logger names (otel_api).
+  ``._set_tracer_provider``, and the SDK's internal logger names (otel_api);
+  blocking detection (running): ``asyncio._set_running_loop`` (wrapped: every loop
+  calls it as it starts and stops; uvloop reads it at its import),
+  ``sys._current_frames()``, ``asyncio.events.Handle._run`` (its code and its ``self``),
+  ``Handle._callback``, and ``asyncio.current_task(loop)`` asked from another thread.
 - 3.10-3.11: ``asyncio.tasks._all_tasks`` (= ``_asyncio._all_tasks``), hooked by an
   instance attribute ``add`` (C tasks call ``add`` by name).
 - 3.12-3.13: ``asyncio.tasks._scheduled_tasks`` (= ``_asyncio._scheduled_tasks``), hooked

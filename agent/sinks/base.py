@@ -16,6 +16,7 @@ from ..sites import Site
 
 if TYPE_CHECKING:
     from ..findings import LeftPending, NeverAwaited, StuckTask
+    from ..stall import Stall
 
 
 class Sink:
@@ -33,6 +34,8 @@ class Sink:
 
     def emit_left_pending(self, finding: LeftPending) -> None:
         """A task a test left pending (the pytest plugin writes these itself)."""
+    def emit_blocked(self, stall: Stall) -> None:
+        """An event loop did not run for longer than the threshold (agent.watchdog)."""
 
     def emit_dropped(self, count: int) -> None:
         """``count`` reports were dropped because the queue was full."""

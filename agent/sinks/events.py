@@ -24,6 +24,7 @@ from ..privacy import PathRewriter
 from ..ratelimit import SUPPRESSED_EVENT
 from ..report import EXCEPTION_UNRETRIEVED, Report
 from ..sites import Site
+from ..stall import IN_CALLBACK, IN_TASK, Stall
 from ..tracing import hex_ids
 from .base import Sink
 
@@ -124,6 +125,36 @@ def stuck_fields(finding: StuckTask, paths: Optional[PathRewriter] = None) -> di
     return fields
 
 
+def stall_fields(stall: Stall, paths: Optional[PathRewriter] = None) -> dict[str, Any]:
+    """The ``asyncio.loop.blocked`` event fields for ``stall`` (without event, level,
+    timestamp): task fields only when a task was running, ``callback`` only when a
+    plain callback was."""
+    paths = paths or _KEEP_PATHS
+    fields: dict[str, Any] = {
+        "duration_s": round(stall.duration_s, 6),
+        "threshold_s": stall.threshold_s,
+        "blocked_in": stall.blocked_in,
+        "blocking_stack": paths.stack(list(stall.blocking_stack)),
+    }
+    if stall.blocked_in == IN_TASK:
+        site = stall.site
+        fields["task_name"] = stall.task_name
+        fields["coroutine"] = stall.coroutine
+        fields["creation_file"] = paths.path(site.filename) if site else None
+        fields["creation_line"] = site.lineno if site else None
+        fields["creation_function"] = site.function if site else None
+        fields["creation_stack"] = paths.stack(list(site.stack)) if site else []
+        ids = hex_ids(stall.span)
+        if ids is not None:  # the span current where the blocked task was created
+            fields["trace_id"], fields["span_id"] = ids
+    elif stall.blocked_in == IN_CALLBACK:
+        fields["callback"] = stall.callback
+    fields["loop_thread"] = stall.loop_thread
+    fields["pid"] = stall.pid
+    fields["_timestamp"] = stall.timestamp
+    return fields
+
+
 def _iso_utc(epoch: float) -> str:
     # time.strftime, not datetime: datetime's strftime imports a module on first use,
     # and reports written during interpreter teardown can no longer import.
@@ -146,11 +177,15 @@ def _leading_keys_first(_logger: Any, _method: str, event_dict: dict[str, Any]) 
 
 
 def _console_blocks(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """Move the stack and traceback below the line, where ConsoleRenderer prints text."""
+    """Move the stacks and traceback below the line, where ConsoleRenderer prints text."""
     stack = event_dict.pop("creation_stack", None) or []
     awaiting = event_dict.pop("awaiting", None) or []
     text = event_dict.pop("traceback", None)
+    blocking = event_dict.pop("blocking_stack", None) or []
     block = ""
+    if blocking:
+        block += "Loop blocked at (most recent call last):\n"
+        block += "".join(f"  {frame}\n" for frame in blocking)
     if stack:
         what = "Coroutine" if event_dict.get("event") == NEVER_AWAITED else "Task"
         block += f"{what} created at (most recent call last):\n"
@@ -394,6 +429,11 @@ class EventSink(Sink):
     def emit_stuck(self, finding: StuckTask) -> None:
         """Write one ``asyncio.task.stuck`` event (a warning: it may yet finish)."""
         self._logger_now().warning(finding.kind, **stuck_fields(finding, self._paths))
+
+    def emit_blocked(self, stall: Stall) -> None:
+        """Write one ``asyncio.loop.blocked`` event (a warning: the loop froze, nothing
+        was lost)."""
+        self._logger_now().warning(stall.kind, **stall_fields(stall, self._paths))
 
     def emit_dropped(self, count: int) -> None:
         """Write one ``asyncio.agent.reports_dropped`` event."""

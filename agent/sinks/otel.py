@@ -19,6 +19,7 @@ from ..findings import NeverAwaited, StuckTask, origin_site
 from ..notices import warn_once
 from ..report import EXCEPTION_UNRETRIEVED, Report
 from ..sites import Site
+from ..stall import BLOCKED, IN_CALLBACK, IN_TASK, Stall
 from ..tracing import is_real_provider, unpack
 from .base import Sink
 
@@ -27,6 +28,10 @@ ANOMALIES_METRIC = "asyncio.task.anomalies"
 LIVE_METRIC = "asyncio.task.live"
 LIVE_SCOPE_ATTRIBUTE = "asyncio.tasks.listed"
 """On the live-task gauge: ``all`` (every task not yet collected) or ``pending``."""
+BLOCKED_METRIC = "asyncio.loop.blocked.duration"
+BLOCKED_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Histogram bucket boundaries (seconds) for loop stalls (the SDK's default ones are
+meant for milliseconds)."""
 MAX_SITE_VALUES = 100
 """Distinct creation sites given their own metric attribute value; the rest are ``other``."""
 OTHER_SITE = "other"
@@ -115,6 +120,28 @@ class _SpanData(NamedTuple):
     exception: Optional[dict[str, Any]] = None
 
 
+def stall_attributes(stall: Stall) -> dict[str, Any]:
+    """The span attributes for a loop stall: the blocked task's ``code.*`` creation site
+    and ``asyncio.*`` names, or the callback, and the sampled stack."""
+    site = stall.site if stall.blocked_in == IN_TASK else None
+    values: dict[str, Any] = {
+        "asyncio.loop.blocked_s": round(stall.duration_s, 6),
+        "asyncio.loop.threshold_s": stall.threshold_s,
+        "asyncio.loop.blocked_in": stall.blocked_in,
+        "asyncio.loop.blocking_stack": "\n".join(stall.blocking_stack) or None,
+        "asyncio.loop.callback": stall.callback if stall.blocked_in == IN_CALLBACK else None,
+        "code.filepath": site.filename if site else None,
+        "code.lineno": site.lineno if site else None,
+        "code.function": site.function if site else None,
+        "code.stacktrace": "\n".join(site.stack) if site else None,
+        "asyncio.task.name": stall.task_name,
+        "asyncio.task.coroutine": stall.coroutine,
+        "thread.name": stall.loop_thread,
+        "process.pid": stall.pid,
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def _is_real_meter_provider(provider: object) -> bool:
     name = type(provider).__name__
     return provider is not None and name not in ("_ProxyMeterProvider", "NoOpMeterProvider")
@@ -136,6 +163,8 @@ class OtelSink(Sink):
         self._meter_resolved = False
         self._counter: Any = None
         self._sites: dict[str, str] = {}
+        self._histogram: Any = None  # loop stall durations
+        self._blocked_sites: dict[str, str] = {}
         self._unflushed = False
         self._closed = False
         self._started = False
@@ -285,6 +314,19 @@ class OtelSink(Sink):
             "exception never retrieved, coroutines never awaited, and stuck tasks",
         )
 
+        description = "How long event loops were blocked, by what ran (creation site)"
+        try:  # bucket boundaries in seconds where the API takes advice (1.23+)
+            self._histogram = meter.create_histogram(
+                BLOCKED_METRIC,
+                unit="s",
+                description=description,
+                explicit_bucket_boundaries_advisory=list(BLOCKED_BUCKETS),
+            )
+        except TypeError:
+            self._histogram = meter.create_histogram(
+                BLOCKED_METRIC, unit="s", description=description
+            )
+
         def observe_live(_options: Any) -> Iterator[Any]:
             count, complete = self.live_tasks()
             # Where the interpreter lists only pending tasks (3.14+), the value says so.
@@ -328,6 +370,15 @@ class OtelSink(Sink):
     def _record(self, data: _SpanData, site: Optional[Site], at_shutdown: bool) -> None:
         """One ERROR span (a child of the span current at creation, if known) and one
         count in the anomalies metric: what every kind of report and finding becomes."""
+
+        def count() -> None:
+            if self._counter is not None:
+                self._counter.add(1, self._metric_attributes(site, data.kind, at_shutdown))
+
+        self._record_span(data, count)
+
+    def _record_span(self, data: _SpanData, measure: Callable[[], None]) -> None:
+        """The span of :meth:`_record`, then ``measure()`` (its metric), under the lock."""
         if self._closed or not self._wanted():
             return
         with self._lock:
@@ -336,8 +387,7 @@ class OtelSink(Sink):
             # span is skipped (said once, when it got stuck); the event is written.
             if tracer is not None and not (self._stuck and self._bounded.busy()):
                 self._end_span_bounded(lambda: self._span(tracer, data))
-            if self._counter is not None:
-                self._counter.add(1, self._metric_attributes(site, data.kind, at_shutdown))
+            measure()
 
     def _end_span_bounded(self, make_span: Callable[[], None]) -> None:
         # The application's span processor may export inside span.end() (a
@@ -446,11 +496,47 @@ class OtelSink(Sink):
         )
         return trace.set_span_in_context(trace.NonRecordingSpan(remembered))
 
+    def emit_blocked(self, stall: Stall) -> None:
+        """A loop stall: one ERROR span over the stall (in the trace of the blocked task's
+        creator, when a task was running) and one value of the duration histogram."""
+        end_ns = int(stall.timestamp * 1e9)
+        data = _SpanData(
+            stall.kind,
+            stall.span,
+            end_ns - int(stall.duration_s * 1e9),
+            end_ns,
+            stall_attributes(stall),
+            f"event loop blocked for {stall.duration_s:.3f} s",
+        )
+
+        def measure() -> None:
+            if self._histogram is not None:
+                self._histogram.record(stall.duration_s, self._stall_metric_attributes(stall))
+
+        self._record_span(data, measure)
+
+    def _stall_metric_attributes(self, stall: Stall) -> dict[str, Any]:
+        site = stall.site if stall.blocked_in == IN_TASK else None
+        if site is not None:
+            key = f"{site.filename}:{site.lineno}"
+        elif stall.blocked_in == IN_CALLBACK:
+            key = f"callback {stall.callback}"
+        else:
+            key = stall.blocked_in
+        value = self._blocked_sites.get(key)
+        if value is None:
+            value = key if len(self._blocked_sites) < MAX_SITE_VALUES else OTHER_SITE
+            if value != OTHER_SITE:
+                self._blocked_sites[key] = value
+        return {"asyncio.loop.blocked_in": stall.blocked_in, "asyncio.task.site": value}
+
     def emit_suppressed(
         self, site: Optional[Site], kind: str, count: int, at_shutdown: bool = False
     ) -> None:
-        """Count reports the rate limit held back in the anomalies metric (no spans)."""
-        if self._closed or not self._wanted():
+        """Count reports the rate limit held back in the anomalies metric (no spans).
+
+        Held-back loop stalls have no duration to record: the event sink counts them."""
+        if self._closed or not self._wanted() or kind == BLOCKED:
             return
         with self._lock:
             self._resolve()
