@@ -144,9 +144,7 @@ def pytest_configure(config: pytest.Config) -> None:
             ) from None
     if block_ms < 0:
         raise pytest.UsageError(f"asyncio_agent_block_ms = {block_ms}: expected 0 or more")
-    plugin = AgentPlugin(
-        mode if wanted else None, None if pending == "off" else pending, block_ms
-    )
+    plugin = AgentPlugin(mode if wanted else None, None if pending == "off" else pending, block_ms)
     config.pluginmanager.register(plugin, "asyncio-agent-plugin")
 
 

@@ -28,6 +28,7 @@ from .lifecycle import ProcessHooks, attach, detach
 # with the agent on, and its annotations are strings.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, Optional
 
 TRACE_MODULE = "opentelemetry.trace"
@@ -86,21 +87,19 @@ class Pipeline:
             )
         # Blocking detection: a heartbeat per running loop and one watchdog thread.
         self.watchdog: Any = None
-        self.running_hook: Any = None
         self.run_patch: Any = None
         if settings.block_ms:
             from .heartbeat import RunForeverPatch
-            from .interp.running import RunningLoopHook
             from .watchdog import Watchdog
 
             self.watchdog = Watchdog(
                 settings.block_ms, self.recorder.decode, submit, self.limiter.admit
             )
-            self.running_hook = RunningLoopHook(self.watchdog.loop_entered, self.watchdog.loop_left)
             self.run_patch = RunForeverPatch(
                 self.watchdog.loop_starting, self.watchdog.loop_stopped
             )
             self.reporter.add_before_flush(self.watchdog.drain)
+        self.running_hook = self._running_hook()
         # Snapshot dumps (signal / timer) exist only when a setting asks for them.
         self.dumper: Any = None
         if settings.dump_signal or settings.snapshot_interval:
@@ -113,6 +112,32 @@ class Pipeline:
                 self.snapshot,
                 self.stuck.check if self.stuck is not None else None,
             )
+
+    def _running_hook(self) -> Any:
+        """One hook on asyncio's running-loop setter for whoever must know when a loop
+        starts or stops in a thread: the watchdog, and origin tracking (per thread)."""
+        from .interp.running import RunningLoopHook
+
+        starts: list[Callable[[Any, int], None]] = []
+        stops: list[Callable[[], None]] = []
+        if self.watchdog is not None:
+            starts.append(self.watchdog.loop_entered)
+            stops.append(self.watchdog.loop_left)
+        origin = self.never_awaited.origin
+        if origin is not None:
+            starts.append(lambda loop, depth: origin.raise_here())
+        if not starts:
+            return None
+
+        def started(loop: Any, depth: int) -> None:
+            for call in starts:
+                call(loop, depth)
+
+        def stopped() -> None:
+            for call in stops:
+                call()
+
+        return RunningLoopHook(started, stopped)
 
     @property
     def shape(self) -> Optional[Shape]:
@@ -143,9 +168,10 @@ class Pipeline:
         start the watchdog thread now, outside any loop. ``uvloop_module``: a uvloop
         imported before install(), which kept asyncio's own setter: its ``Loop`` gets a
         ``run_forever`` wrapper instead."""
+        if self.running_hook is not None:
+            self.running_hook.install()
         if self.watchdog is None:
             return
-        self.running_hook.install()
         loop_class = getattr(uvloop_module, "Loop", None)
         if isinstance(loop_class, type):
             self.run_patch.patch_class(loop_class)
@@ -215,7 +241,6 @@ class Installation(ProcessHooks):
         # Never-awaited coroutines from now on (and their origin, if asked, in this
         # thread and each thread that runs a loop).
         pipeline.never_awaited.start()
-        pipeline.never_awaited.on_asyncio_imported(module)
         pipeline.watch_loops()
         # structlog is loaded here, while the program imports asyncio and so cannot
         # have a single task yet: its thousands of allocations then cannot trigger a
@@ -300,8 +325,9 @@ class Installation(ProcessHooks):
         pipeline.never_awaited.stop()
         if pipeline.stuck is not None:
             pipeline.stuck.stop()
-        if pipeline.watchdog is not None:
+        if pipeline.running_hook is not None:
             pipeline.running_hook.uninstall()
+        if pipeline.watchdog is not None:
             pipeline.run_patch.unpatch_all()
             pipeline.watchdog.stop()
         if pipeline.dumper is not None:

@@ -245,6 +245,4 @@ def take_snapshot(
     finally:
         del listed  # the only strong references: gone before we return
     states = tuple(LoopState(entry["loop_thread"], entry["blocked_s"]) for entry in blocked)
-    return Snapshot(
-        time.time(), os.getpid(), total, source, complete, sites, never_awaited, states
-    )
+    return Snapshot(time.time(), os.getpid(), total, source, complete, sites, never_awaited, states)

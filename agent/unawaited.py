@@ -80,11 +80,6 @@ class NeverAwaitedDetector:
             self.origin.install()
         return self.hook.install()
 
-    def on_asyncio_imported(self, module: Any) -> None:
-        """Origin tracking in every thread that runs a loop."""
-        if self.origin is not None:
-            self.origin.on_asyncio_imported(module)
-
     def stop(self) -> None:
         """Remove the hook and the origin tracking."""
         self.hook.uninstall()

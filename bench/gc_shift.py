@@ -15,6 +15,7 @@ Deterministic (counts, not time): one run per variant is enough.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -63,6 +64,9 @@ def measure(extra: dict[str, str]) -> dict[str, list[int]]:
 
 def main() -> None:
     """Measure every variant; print and write the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, default=HERE / "results")
+    options = parser.parse_args()
     results = {name: measure(extra) for name, extra in VARIANTS.items()}
     points = list(next(iter(results.values())))
     lines = [
@@ -78,8 +82,8 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     version = ".".join(platform.python_version_tuple()[:2])
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"py{version}-gc.md").write_text(table)
+    options.output.mkdir(parents=True, exist_ok=True)
+    (options.output / f"py{version}-gc.md").write_text(table)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -94,6 +95,13 @@ path). tests/run.sh does, on two Pythons."""
 SHAPE_314 = os.environ.get(SHAPE_VARIABLE, "") == "3.14"
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for test programs: SIGINT as a program started from a terminal has
+    it. A suite started in the background (``cmd &``) has SIGINT ignored, and children
+    would inherit that, so a program that interrupts itself would never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def clean_environment() -> dict[str, str]:
     """The test process's environment without any agent or asyncio debug settings."""
     env = {
@@ -151,6 +159,7 @@ class Runner:
             text=True,
             timeout=timeout,
             check=False,
+            preexec_fn=default_sigint,
         )
         raw = events_file.read_text() if events_file.exists() else ""
         events = [json.loads(line) for line in raw.splitlines() if line.strip()]

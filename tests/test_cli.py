@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import DESTROYED, REPO, SHAPE_314, UNRETRIEVED, clean_environment, line_of
+from conftest import (
+    DESTROYED,
+    REPO,
+    SHAPE_314,
+    UNRETRIEVED,
+    clean_environment,
+    default_sigint,
+    line_of,
+)
 
 LEAKY = """
 import asyncio, gc, sys
@@ -53,6 +61,7 @@ def agent_cli(
         text=True,
         timeout=60,
         check=False,
+        preexec_fn=default_sigint,
     )
 
 
@@ -262,7 +271,14 @@ def test_ctrl_c_ends_the_program_by_sigint_whichever_way_it_runs(
     if route == "sitecustomize":
         env.update(PYTHONPATH=str(REPO / "sitecustomize_example"), ASYNCIO_AGENT="1")
     result = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+        command,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=default_sigint,
     )
     assert result.returncode == -signal.SIGINT, result.stderr
     assert result.stdout == "started\n"

@@ -11,7 +11,6 @@ and nothing else:
   without taking threading's lock);
 - ``loop._thread_id`` (owners; a task's coroutine and await chain come from
   agent.interp.tasks);
-- ``asyncio.events._set_running_loop`` (coroutine origin tracking in every loop thread);
 - ``_cancel_all_tasks`` of ``asyncio.runners``, ``backports.asyncio.runner`` and anyio's
   asyncio backend (what a loop's shutdown is about to cancel);
 - anyio's ``TestRunner._run_tests_and_fixtures`` (the task its pytest plugin keeps) and
@@ -204,57 +203,31 @@ class UnawaitedHook:
 class OriginTracking:
     """``sys.set_coroutine_origin_tracking_depth(depth)`` in every thread that runs a loop.
 
-    The depth is per thread and new threads start at 0, so it is raised (never
-    lowered) at install in the installing thread and, through a wrapper on
-    ``asyncio.events._set_running_loop``, in each thread when a loop starts running
-    there. Asyncio's debug mode saves and restores the depth around its own, as ever.
+    The depth is per thread and new threads start at 0, so it is raised (never lowered)
+    at install in the calling thread and, through :meth:`raise_here`, in each thread
+    where a loop starts running (the runtime calls it from its one hook on asyncio's
+    running-loop setter, agent.interp.running). Asyncio's debug mode saves and restores
+    the depth around its own, as ever.
     """
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
-        self._wrapped: list[tuple[Any, Any]] = []  # (module, original)
 
     def install(self) -> None:
         """Raise the depth in the calling thread."""
-        self._raise_here()
+        self.raise_here()
 
-    def _raise_here(self) -> None:
+    def raise_here(self) -> None:
+        """Raise the depth in the calling thread, if it is lower."""
         if sys.get_coroutine_origin_tracking_depth() < self.depth:
             sys.set_coroutine_origin_tracking_depth(self.depth)
 
-    def on_asyncio_imported(self, asyncio: Any) -> None:
-        """Wrap ``_set_running_loop`` where base_events and uvloop look it up."""
-        raise_here = self._raise_here
-        events: Any = sys.modules.get("asyncio.events")
-        module: Any
-        for module in (events, asyncio):
-            original = getattr(module, "_set_running_loop", None)
-            if original is None or getattr(original, _OURS, False):
-                continue
-
-            def set_running_loop(loop: Any, _original: Any = original) -> None:
-                if loop is not None:
-                    try:
-                        raise_here()
-                    except Exception:
-                        pass
-                _original(loop)
-
-            setattr(set_running_loop, _OURS, True)
-            module._set_running_loop = set_running_loop
-            self._wrapped.append((module, original))
-
     def uninstall(self) -> None:
-        """Unwrap; the depth of threads already raised stays (coroutines keep origins)."""
-        for module, original in reversed(self._wrapped):
-            if getattr(getattr(module, "_set_running_loop", None), _OURS, False):
-                module._set_running_loop = original
-        self._wrapped.clear()
+        """The depth of threads already raised stays (coroutines keep their origins),
+        except in the calling thread."""
         if sys.get_coroutine_origin_tracking_depth() == self.depth:
             sys.set_coroutine_origin_tracking_depth(0)
 
-
-# -- pending tasks: their coroutine, what they await, who keeps them ---------------------
 
 # (file suffix, function name) of coroutines that libraries run for the life of a loop,
 # not for a test: each is created once per loop and cancelled when the loop shuts down.

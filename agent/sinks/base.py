@@ -34,6 +34,7 @@ class Sink:
 
     def emit_left_pending(self, finding: LeftPending) -> None:
         """A task a test left pending (the pytest plugin writes these itself)."""
+
     def emit_blocked(self, stall: Stall) -> None:
         """An event loop did not run for longer than the threshold (agent.watchdog)."""
 
