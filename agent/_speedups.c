@@ -16,12 +16,12 @@
  *
  * Why it is fast: the walk reads CPython's own frame records (no frame object is made
  * for asyncio.create_task's frame, which is new each time), internal code objects are
- * remembered in a short array, and the (site, caller) cache is a small array of slots
+ * remembered in a short array, the (site, caller) cache is a small array of slots
  * keyed by code pointer and offset instead of dicts keyed by ints, and a task's record
  * goes into a table of machine words: no int object is made per task, and a task
- * touches one cache line of the table instead of a dict's index, entry and key
- * object. A cache miss calls SiteRecorder._record_slow, the same Python code the
- * Python path uses, so both paths give the same records.
+ * touches one cache line of the table (instead of a dict's index, entry and key
+ * object), loaded ahead of its write. A cache miss calls SiteRecorder._record_slow,
+ * the same Python code the Python path uses, so both paths give the same records.
  *
  * Frames: on 3.11+ the walk reads struct _PyInterpreterFrame from CPython's internal
  * header (its layout differs in every minor version: this is compiled per version),

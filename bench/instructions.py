@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,7 +76,10 @@ def main() -> None:
             counts[workload][variant.name] = per_run(variant, workload, scale)
             print(f"  {workload:13} {variant.name:18} {counts[workload][variant.name]:,.0f}")
     version = ".".join(platform.python_version_tuple()[:2])
+    command = "python bench/instructions.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
+        f"Reproduce: `{command.strip()}` (with this Python, from the repository root)",
+        "",
         f"Python {platform.python_version()}, {platform.machine()}; instructions of one run "
         "(valgrind; workload scale "
         + ", ".join(f"{w} {options.scale or SCALES.get(w, 0.2)}" for w in workloads)

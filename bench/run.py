@@ -5,6 +5,7 @@ ratios against the baseline of the same round, and the written results (pyperf J
 suites, a Markdown table, a plot). Never asserts timings: it reports them.
 
     python bench/run.py                 # full run with this interpreter
+    python bench/run.py --cpu 1         # every child pinned to CPU 1 (taskset)
     python bench/run.py --smoke         # seconds-long run of every path (CI)
 """
 
@@ -15,6 +16,8 @@ import json
 import os
 import platform
 import random
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,10 +79,14 @@ def _available(variant: Variant) -> bool:
     return done.returncode == 0
 
 
+PIN: list[str] = []
+"""``taskset -c CPU`` when --cpu is given: every timed child runs on that CPU."""
+
+
 def _run_child(variant: Variant, workload: str, repeats: int, scale: float) -> list[float]:
     env = variant.environment()
     env["AGENT_BENCH_SCALE"] = str(scale)
-    command = [sys.executable, str(WORKLOADS), workload, "--loop", variant.loop]
+    command = [*PIN, sys.executable, str(WORKLOADS), workload, "--loop", variant.loop]
     command += ["--repeats", str(repeats), "--peer", variant.peer]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -180,9 +187,13 @@ def write_results(folder: Path, data: dict[str, Any]) -> Path:
     tag = data["python"]
     (folder / f"{tag}.json").write_text(json.dumps(data, indent=1))
     _write_pyperf(folder, tag, data["times"])
+    pinned = f", pinned to CPU {data['cpu']}" if data.get("cpu") else ""
     lines = [
-        f"Python {data['python_full']}, {data['machine']}; {data['rounds']} interleaved rounds;"
-        " ratio = best time / baseline best time in the same round: median (min-max).",
+        f"Reproduce: `{data['command']}` (with this Python, from the repository root)",
+        "",
+        f"Python {data['python_full']}, {data['machine']}; {data['rounds']} interleaved rounds"
+        f"{pinned}; ratio = best time / baseline best time in the same round:"
+        " median (min-max).",
         "",
         "| variant | " + " | ".join(data["ratios"]) + " |",
         "|---|" + "---|" * len(data["ratios"]),
@@ -244,7 +255,11 @@ def main() -> None:
     parser.add_argument("--workloads", default="create_gather,fan_out_tree,echo_server")
     parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS))
     parser.add_argument("--output", type=Path, default=HERE / "results")
+    parser.add_argument("--cpu", help="pin every timed child to this CPU (taskset -c)")
+    parser.add_argument("--no-memory", action="store_true", help="skip memory and start-up")
     options = parser.parse_args()
+    if options.cpu is not None and shutil.which("taskset") is not None:
+        PIN[:] = ["taskset", "-c", options.cpu]
 
     scale = 0.02 if options.smoke else 1.0
     rounds = 1 if options.smoke else options.rounds
@@ -265,10 +280,12 @@ def main() -> None:
         "python_full": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "rounds": rounds,
+        "cpu": options.cpu if PIN else None,
+        "command": "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "times": times,
         "ratios": ratios(times),
     }
-    if not options.smoke:
+    if not options.smoke and not options.no_memory:
         data["memory"] = memory([v for v in variants if v.name in ("baseline", "agent")])
         data["startup"] = startup(repeats=40)
     table = write_results(options.output, data)

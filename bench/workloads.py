@@ -147,27 +147,29 @@ def _new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
 
 
 def time_workload(name: str, loop_kind: str, repeats: int, peer: str) -> dict[str, Any]:
-    """Run ``name`` ``repeats`` times on one loop; the seconds of each run."""
+    """Run ``name`` ``repeats`` times on one loop; the seconds of each run (wall time,
+    and the process's CPU time, which leaves out the time other programs ran)."""
     loop = _new_loop(loop_kind)
     asyncio.set_event_loop(loop)
     monitor = _set_up_peer(peer, loop)
     workload = WORKLOADS[name]
-    times = []
+    times, cpu_times = [], []
     try:
         loop.run_until_complete(workload())  # warm-up: imports, caches, first sites
         for _ in range(repeats):
             gc.collect()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             loop.run_until_complete(workload())
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     finally:
         if monitor is not None:
             monitor.close()
         loop.close()
-    return {"times": times}
+    return {"times": times, "cpu_times": cpu_times}
 
 
-def memory_per_task(loop_kind: str, count: int = 20_000) -> dict[str, Any]:
+def memory_per_task(loop_kind: str, count: int = 20_000, churn: bool = True) -> dict[str, Any]:
     """Bytes allocated per live pending task (tracemalloc), and flatness over 1M tasks."""
     loop = _new_loop(loop_kind)
 
@@ -186,7 +188,7 @@ def memory_per_task(loop_kind: str, count: int = 20_000) -> dict[str, Any]:
         await asyncio.gather(*tasks)
         return (after - before) / count
 
-    async def churn(total: int) -> list[int]:
+    async def churn_through(total: int) -> list[int]:
         async def leaf() -> None:
             await asyncio.sleep(0)
 
@@ -202,7 +204,7 @@ def memory_per_task(loop_kind: str, count: int = 20_000) -> dict[str, Any]:
 
     try:
         per_task = loop.run_until_complete(measure())
-        points = loop.run_until_complete(churn(1_000_000))
+        points = loop.run_until_complete(churn_through(1_000_000)) if churn else []
     finally:
         loop.close()
     return {"bytes_per_task": per_task, "memory_after_250k_steps": points}
@@ -215,9 +217,11 @@ def main() -> None:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peer", choices=("none", "aiomonitor", "otel"), default="none")
+    parser.add_argument("--count", type=int, default=20_000, help="memory: live tasks")
+    parser.add_argument("--no-churn", action="store_true", help="memory: per task only")
     options = parser.parse_args()
     if options.workload == "memory":
-        result = memory_per_task(options.loop)
+        result = memory_per_task(options.loop, options.count, churn=not options.no_churn)
     else:
         result = time_workload(options.workload, options.loop, options.repeats, options.peer)
     result["agent"] = "asyncio_agent.runtime" in sys.modules

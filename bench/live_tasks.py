@@ -1,0 +1,193 @@
+"""Wall time and memory of create-and-gather against the number of tasks alive at once.
+
+    python bench/live_tasks.py --cpu 1            # writes bench/results/pyX.Y-live-tasks.*
+
+Owns the sizes (10,000 / 100,000 / 1,000,000 tasks alive at once: create them all,
+then gather them), the variants (baseline, agent, agent_python_path), and how they are
+timed on a shared machine: one process per variant, size and round, pinned to one CPU
+(``taskset -c``), the variants of a round in a new random order each round, the best
+of a few in-process runs per process, and the ratio to the baseline of the same round
+and size; median (min-max) over the rounds. Memory: bytes per live pending task
+(tracemalloc, everything the process allocated while the tasks were created, the
+agent's table included), one process per variant and size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from run import VARIANTS, WORKLOADS, Variant
+
+HERE = Path(__file__).resolve().parent
+SIZES = {10_000: 0.1, 100_000: 1.0, 1_000_000: 10.0}  # live tasks: workload scale
+REPEATS = {10_000: 5, 100_000: 3, 1_000_000: 2}  # in-process runs per process
+COMPARED = ("baseline", "agent", "agent_python_path")
+
+
+def _pin(cpu: str | None) -> list[str]:
+    if cpu is None or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", cpu]
+
+
+def best_time(variant: Variant, live: int, cpu: str | None) -> tuple[float, float]:
+    """The best in-process wall time of one process running create-and-gather, and the
+    CPU time of the same run."""
+    env = variant.environment()
+    env["AGENT_BENCH_SCALE"] = str(SIZES[live])
+    command = [*_pin(cpu), sys.executable, str(WORKLOADS), "create_gather"]
+    command += ["--repeats", str(REPEATS[live])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant.name}/{live} failed:\n{done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["agent"] != ("ASYNCIO_AGENT" in variant.env):
+        raise RuntimeError(f"{variant.name}: agent state is not what the variant asks")
+    best = min(range(len(result["times"])), key=result["times"].__getitem__)
+    return float(result["times"][best]), float(result["cpu_times"][best])
+
+
+def bytes_per_task(variant: Variant, live: int) -> float:
+    """Bytes allocated per live pending task with ``live`` tasks alive."""
+    command = [sys.executable, str(WORKLOADS), "memory", "--count", str(live), "--no-churn"]
+    done = subprocess.run(
+        command, env=variant.environment(), capture_output=True, text=True, check=True
+    )
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["bytes_per_task"])
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f}x ({min(values):.3f}-{max(values):.3f})"
+
+
+def main() -> None:
+    """Measure, print and write the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu", help="pin every child to this CPU (taskset -c)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sizes", default=",".join(str(size) for size in SIZES))
+    parser.add_argument("--variants", default=",".join(COMPARED))
+    parser.add_argument("--output", type=Path, default=HERE / "results")
+    options = parser.parse_args()
+    sizes = [int(size) for size in options.sizes.split(",")]
+    variants = [v for v in VARIANTS if v.name in options.variants.split(",")]
+    assert variants[0].name == "baseline", "the baseline comes first"
+
+    times: dict[int, dict[str, list[float]]] = {}
+    cpu_times: dict[int, dict[str, list[float]]] = {}
+    for live in sizes:
+        times[live] = {variant.name: [] for variant in variants}
+        cpu_times[live] = {variant.name: [] for variant in variants}
+        for round_number in range(options.rounds):
+            order = variants[:]
+            random.Random(live + round_number).shuffle(order)
+            for variant in order:
+                seconds, cpu_seconds = best_time(variant, live, options.cpu)
+                times[live][variant.name].append(seconds)
+                cpu_times[live][variant.name].append(cpu_seconds)
+                print(
+                    f"  {live:>9,} live  round {round_number + 1}/{options.rounds}"
+                    f"  {variant.name:18} {seconds:.4f}s (CPU {cpu_seconds:.4f}s)",
+                    flush=True,
+                )
+
+    def to_baseline(
+        measured: dict[int, dict[str, list[float]]],
+    ) -> dict[int, dict[str, list[float]]]:
+        return {
+            live: {
+                name: [t / b for t, b in zip(values, by_variant["baseline"], strict=True)]
+                for name, values in by_variant.items()
+            }
+            for live, by_variant in measured.items()
+        }
+
+    ratios, cpu_ratios = to_baseline(times), to_baseline(cpu_times)
+    memory = {
+        live: {variant.name: bytes_per_task(variant, live) for variant in variants}
+        for live in sizes
+    }
+
+    version = ".".join(platform.python_version_tuple()[:2])
+    command = "python bench/live_tasks.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    data: dict[str, Any] = {
+        "command": command.strip(),
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "rounds": options.rounds,
+        "pinned_cpu": options.cpu,
+        "repeats": {str(live): REPEATS[live] for live in sizes},
+        "times": {str(live): by_variant for live, by_variant in times.items()},
+        "ratios": {str(live): by_variant for live, by_variant in ratios.items()},
+        "cpu_times": {str(live): by_variant for live, by_variant in cpu_times.items()},
+        "cpu_ratios": {str(live): by_variant for live, by_variant in cpu_ratios.items()},
+        "bytes_per_task": {str(live): by_variant for live, by_variant in memory.items()},
+    }
+    lines = [
+        f"Reproduce: `{data['command']}` (with this Python, from the repository root)",
+        "",
+        f"Python {data['python']}, {data['machine']}; create-and-gather with N tasks alive at"
+        f" once; one process per variant, size and round, pinned to CPU {options.cpu},"
+        f" {options.rounds} interleaved rounds; best of"
+        f" {'/'.join(str(REPEATS[s]) for s in sizes)} in-process runs; ratio = time /"
+        " baseline time of the same round: median (min-max).",
+        "",
+        "| variant | " + " | ".join(f"{live:,} live" for live in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for variant in variants:
+        cells = [_spread(ratios[live][variant.name]) for live in sizes]
+        lines.append(f"| {variant.name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "The same runs' CPU time (the process's own; leaves out other programs' turns on"
+        " the CPU, not their effect on the caches):",
+        "",
+        "| variant | " + " | ".join(f"{live:,} live" for live in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for variant in variants:
+        cells = [_spread(cpu_ratios[live][variant.name]) for live in sizes]
+        lines.append(f"| {variant.name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Baseline time (s): "
+        + ", ".join(
+            f"{live:,} live {statistics.median(times[live]['baseline']):.3f}"
+            f" ({min(times[live]['baseline']):.3f}-{max(times[live]['baseline']):.3f})"
+            for live in sizes
+        )
+        + ".",
+        "",
+        "Bytes per live pending task (tracemalloc; extra over the baseline in brackets):",
+        "",
+        "| variant | " + " | ".join(f"{live:,} live" for live in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for variant in variants:
+        cells = [
+            f"{memory[live][variant.name]:.0f}"
+            f" ({memory[live][variant.name] - memory[live]['baseline']:+.0f})"
+            for live in sizes
+        ]
+        lines.append(f"| {variant.name} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    options.output.mkdir(parents=True, exist_ok=True)
+    (options.output / f"py{version}-live-tasks.json").write_text(json.dumps(data, indent=1))
+    (options.output / f"py{version}-live-tasks.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()
