@@ -42,7 +42,7 @@ def instructions(variant: Variant, workload: str, repeats: int, scale: float) ->
     env = variant.environment()
     env["AGENT_BENCH_SCALE"] = str(scale)
     command = ["valgrind", "--tool=cachegrind", "--cache-sim=no"]
-    command += ["--cachegrind-out-file=/dev/null", sys.executable, str(WORKLOADS)]
+    command += ["--cachegrind-out-file=/dev/null", variant.python, str(WORKLOADS)]
     command += [workload, "--repeats", str(repeats)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     found = _REFS.search(done.stderr)
@@ -63,11 +63,15 @@ def main() -> None:
     parser.add_argument("--scale", type=float, help="workload size for all (1 = full)")
     parser.add_argument("--workloads", default="create_gather,fan_out_tree,echo_server")
     parser.add_argument("--output", default=str(HERE / "results"))
+    parser.add_argument(
+        "--other", action="append", default=[], help="NAME=PYTHON: that agent as a variant too"
+    )
     options = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
     workloads = options.workloads.split(",")
     variants = [v for v in VARIANTS if v.name in COUNTED]
+    variants += [Variant.other(spec) for spec in options.other]
     counts: dict[str, dict[str, float]] = {}
     for workload in workloads:
         counts[workload] = {}

@@ -46,7 +46,7 @@ def best_time(variant: Variant, live: int, cpu: str | None) -> tuple[float, floa
     CPU time of the same run."""
     env = variant.environment()
     env["AGENT_BENCH_SCALE"] = str(SIZES[live])
-    command = [*_pin(cpu), sys.executable, str(WORKLOADS), "create_gather"]
+    command = [*_pin(cpu), variant.python, str(WORKLOADS), "create_gather"]
     command += ["--repeats", str(REPEATS[live])]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -60,7 +60,7 @@ def best_time(variant: Variant, live: int, cpu: str | None) -> tuple[float, floa
 
 def bytes_per_task(variant: Variant, live: int) -> float:
     """Bytes allocated per live pending task with ``live`` tasks alive."""
-    command = [sys.executable, str(WORKLOADS), "memory", "--count", str(live), "--no-churn"]
+    command = [variant.python, str(WORKLOADS), "memory", "--count", str(live), "--no-churn"]
     done = subprocess.run(
         command, env=variant.environment(), capture_output=True, text=True, check=True
     )
@@ -79,9 +79,13 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(str(size) for size in SIZES))
     parser.add_argument("--variants", default=",".join(COMPARED))
     parser.add_argument("--output", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--other", action="append", default=[], help="NAME=PYTHON: that agent as a variant too"
+    )
     options = parser.parse_args()
     sizes = [int(size) for size in options.sizes.split(",")]
     variants = [v for v in VARIANTS if v.name in options.variants.split(",")]
+    variants += [Variant.other(spec) for spec in options.other]
     assert variants[0].name == "baseline", "the baseline comes first"
 
     times: dict[int, dict[str, list[float]]] = {}

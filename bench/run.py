@@ -41,6 +41,14 @@ class Variant:
     peer: str = "none"
     loop: str = "asyncio"
     slow: bool = False  # a peer known to cost 5-20x: fewer repeats
+    python: str = sys.executable  # another environment's: e.g. an earlier agent (--other)
+
+    @classmethod
+    def other(cls, spec: str) -> Variant:
+        """``NAME=PYTHON`` (--other): the agent as installed for that interpreter, e.g. a
+        virtualenv of an earlier commit, timed against the same baseline."""
+        name, _, python = spec.partition("=")
+        return cls(name, AGENT_ON, python=python)
 
     def environment(self) -> dict[str, str]:
         """The child's environment: ours without any agent setting, plus the variant's."""
@@ -75,7 +83,7 @@ def _available(variant: Variant) -> bool:
         "aiomonitor": "import aiomonitor",
         "otel": "import opentelemetry.instrumentation.asyncio",
     }.get(variant.peer, "import uvloop" if variant.loop == "uvloop" else "pass")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False)
+    done = subprocess.run([variant.python, "-c", probe], capture_output=True, check=False)
     return done.returncode == 0
 
 
@@ -86,7 +94,7 @@ PIN: list[str] = []
 def _run_child(variant: Variant, workload: str, repeats: int, scale: float) -> list[float]:
     env = variant.environment()
     env["AGENT_BENCH_SCALE"] = str(scale)
-    command = [*PIN, sys.executable, str(WORKLOADS), workload, "--loop", variant.loop]
+    command = [*PIN, variant.python, str(WORKLOADS), workload, "--loop", variant.loop]
     command += ["--repeats", str(repeats), "--peer", variant.peer]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -168,7 +176,7 @@ def memory(variants: list[Variant]) -> dict[str, dict[str, Any]]:
     """Bytes per live task and memory along 1,000,000 completed tasks, per variant."""
     out = {}
     for variant in variants:
-        command = [sys.executable, str(WORKLOADS), "memory", "--loop", variant.loop]
+        command = [variant.python, str(WORKLOADS), "memory", "--loop", variant.loop]
         done = subprocess.run(
             command, env=variant.environment(), capture_output=True, text=True, check=True
         )
@@ -256,6 +264,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS))
     parser.add_argument("--output", type=Path, default=HERE / "results")
     parser.add_argument("--cpu", help="pin every timed child to this CPU (taskset -c)")
+    parser.add_argument(
+        "--other", action="append", default=[], help="NAME=PYTHON: that agent as a variant too"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip memory and start-up")
     options = parser.parse_args()
     if options.cpu is not None and shutil.which("taskset") is not None:
@@ -265,7 +276,7 @@ def main() -> None:
     rounds = 1 if options.smoke else options.rounds
     repeats = 1 if options.smoke else options.repeats
     wanted = options.variants.split(",")
-    variants = [v for v in VARIANTS if v.name in wanted]
+    variants = [v for v in VARIANTS if v.name in wanted] + [Variant.other(o) for o in options.other]
     missing = [v.name for v in variants if not _available(v)]
     if missing:
         print(f"skipping variants that cannot run on this Python: {', '.join(missing)}")
@@ -286,7 +297,8 @@ def main() -> None:
         "ratios": ratios(times),
     }
     if not options.smoke and not options.no_memory:
-        data["memory"] = memory([v for v in variants if v.name in ("baseline", "agent")])
+        extra = {Variant.other(o).name for o in options.other}
+        data["memory"] = memory([v for v in variants if v.name in {"baseline", "agent", *extra}])
         data["startup"] = startup(repeats=40)
     table = write_results(options.output, data)
     print(table.read_text())
