@@ -87,6 +87,9 @@ def _available(variant: Variant) -> bool:
     return done.returncode == 0
 
 
+LOAD: list[float] = []
+"""The machine's 1-minute load average before each round (other programs' share)."""
+
 PIN: list[str] = []
 """``taskset -c CPU`` when --cpu is given: every timed child runs on that CPU."""
 
@@ -114,6 +117,7 @@ def measure(
     for workload in workloads:
         times[workload] = {variant.name: [] for variant in variants}
         for round_number in range(rounds):
+            LOAD.append(os.getloadavg()[0])
             order = variants[:]
             random.Random(round_number).shuffle(order)  # interleaved, reproducible
             for variant in order:
@@ -196,6 +200,12 @@ def write_results(folder: Path, data: dict[str, Any]) -> Path:
     (folder / f"{tag}.json").write_text(json.dumps(data, indent=1))
     _write_pyperf(folder, tag, data["times"])
     pinned = f", pinned to CPU {data['cpu']}" if data.get("cpu") else ""
+    if data.get("load"):
+        load = data["load"]
+        pinned += (
+            f"; the machine's load average at the rounds' start (other programs): median"
+            f" {statistics.median(load):.1f}, {min(load):.1f}-{max(load):.1f}"
+        )
     lines = [
         f"Reproduce: `{data['command']}` (with this Python, from the repository root)",
         "",
@@ -292,6 +302,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "rounds": rounds,
         "cpu": options.cpu if PIN else None,
+        "load": LOAD,
         "command": "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "times": times,
         "ratios": ratios(times),

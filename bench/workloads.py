@@ -146,27 +146,49 @@ def _new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+class GcMeter:
+    """Collections and seconds in them, per generation, while in ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.collections[generation] += 1
+            self.seconds[generation] += time.perf_counter() - self._started
+
+
 def time_workload(name: str, loop_kind: str, repeats: int, peer: str) -> dict[str, Any]:
     """Run ``name`` ``repeats`` times on one loop; the seconds of each run (wall time,
-    and the process's CPU time, which leaves out the time other programs ran)."""
+    and the process's CPU time, which leaves out the time other programs ran), and the
+    garbage collector's collections and seconds in each run."""
     loop = _new_loop(loop_kind)
     asyncio.set_event_loop(loop)
     monitor = _set_up_peer(peer, loop)
     workload = WORKLOADS[name]
-    times, cpu_times = [], []
+    times, cpu_times, collector = [], [], []
     try:
         loop.run_until_complete(workload())  # warm-up: imports, caches, first sites
         for _ in range(repeats):
             gc.collect()
+            meter = GcMeter()
+            gc.callbacks.append(meter)
             start, cpu_start = time.perf_counter(), time.process_time()
             loop.run_until_complete(workload())
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
+            gc.callbacks.remove(meter)
+            collector.append({"collections": meter.collections, "seconds": meter.seconds})
     finally:
         if monitor is not None:
             monitor.close()
         loop.close()
-    return {"times": times, "cpu_times": cpu_times}
+    return {"times": times, "cpu_times": cpu_times, "gc": collector}
 
 
 def memory_per_task(loop_kind: str, count: int = 20_000, churn: bool = True) -> dict[str, Any]:
