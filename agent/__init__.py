@@ -2,6 +2,11 @@
 
 Public API only. Importing this package is cheap: nothing here imports asyncio,
 structlog or threads until :func:`install` is called.
+
+PYTEST_DONT_REWRITE: the start-up hook imports this package before pytest starts, and
+pytest marks the packages of every distribution with a pytest plugin for assertion
+rewriting; this marker keeps it from warning that it is already imported (which
+``filterwarnings = error`` would turn into a crash at start-up).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ def install(**options: Any) -> None:
     Options override the ``ASYNCIO_AGENT_*`` environment variables (the README's
     Settings table): ``output`` (``"stderr"``, ``"stdout"`` or a file path), ``format``
     (``"json"`` or ``"console"``), ``stack_depth``, ``queue_size``, ``skip_modules``,
-    ``rate_limit``, ``redact``, ``path_root``, ``dump_signal``, ``snapshot_interval``.
+    ``rate_limit``, ``redact``, ``path_root``, ``dump_signal``, ``snapshot_interval``,
+    ``block_ms`` (loop stalls longer than this are reported; 0 = off).
     A bad value gives one warning on stderr and its default; an unknown option is a
     TypeError.
     Loops are patched when asyncio or uvloop is imported, or now if they already are.
@@ -68,9 +74,9 @@ def snapshot() -> Any:
     tasks are waiting. Keeps no task alive after it returns. Works without
     :func:`install` too, but then no task has a creation site.
     """
-    from .snapshot import take_snapshot
+    from . import runtime
 
-    return take_snapshot()
+    return runtime.snapshot()
 
 
 def is_installed() -> bool:

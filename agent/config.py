@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Optional, TypeVar
 
 from .notices import warn_once
+
+# typing is not imported at run time: it costs ~6 ms, and this module is imported at
+# every start-up with the agent on (the annotations are strings).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 ENV_PREFIX = "ASYNCIO_AGENT"
 
@@ -18,14 +23,13 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 FORMATS = ("json", "console")
 
-T = TypeVar("T")
 
-
-class Settings(NamedTuple):
+class Settings:
     """Everything the agent can be told, after validation (immutable).
 
-    A NamedTuple rather than a frozen dataclass: importing dataclasses (and with it
-    inspect) would add ~15 ms to every start-up with the agent on.
+    Each field below is a name, its type and its default. A plain class rather than a
+    frozen dataclass or a NamedTuple: importing dataclasses or typing would add 6-15 ms
+    to every start-up with the agent on.
     """
 
     output: str = "stderr"
@@ -50,9 +54,39 @@ class Settings(NamedTuple):
     """Signal name (``SIGUSR1``) that writes a task snapshot event; empty = off."""
     snapshot_interval: float = 0.0
     """Seconds between task snapshot events; 0 = off."""
+    block_ms: int = 100
+    """A loop that does not run for longer than this many milliseconds is reported in an
+    ``asyncio.loop.blocked`` event; 0 = off (no heartbeat, no watchdog thread)."""
     speedups: bool = True
-    """Use the compiled hot path (``asyncio_agent._speedups``) where it was built; ``False``
-    runs the same logic in Python."""
+    """Use the compiled hot path (``asyncio_agent.interp._speedups``) where it was built;
+    ``False`` runs the same logic in Python."""
+    coroutine_origin: int = 0
+    """Frames of each coroutine's creation recorded by CPython (its origin tracking) for
+    ``asyncio.coroutine.never_awaited`` events; 0 = off (it costs on every coroutine)."""
+    stuck_s: float = 0.0
+    """Seconds a task must be pending before it can be reported as stuck (far longer
+    than its siblings from the same site); 0 = off."""
+
+    def __init__(self, **values: Any) -> None:
+        unknown = set(values) - set(_fields())
+        if unknown:
+            raise TypeError(f"Settings() got unknown field(s): {', '.join(sorted(unknown))}")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Settings are immutable")
+
+    def _asdict(self) -> dict[str, Any]:
+        """Every field and its value, in declaration order."""
+        return {name: getattr(self, name) for name in _fields()}
+
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self._asdict().items()) + ")"
+
+
+def _fields() -> tuple[str, ...]:
+    return tuple(name for name in Settings.__annotations__ if not name.startswith("_"))
 
 
 # Environment variable suffix -> Settings field.
@@ -68,9 +102,13 @@ _ENV_FIELDS = {
     "DUMP_SIGNAL": "dump_signal",
     "SNAPSHOT_INTERVAL": "snapshot_interval",
     "SPEEDUPS": "speedups",
+    "COROUTINE_ORIGIN": "coroutine_origin",
+    "STUCK_S": "stuck_s",
+    "BLOCK_MS": "block_ms",
 }
-# Names that are read elsewhere (activation) and so are not unknown.
-_OTHER_KNOWN = frozenset({ENV_PREFIX})
+# Names that are read elsewhere, and so are not unknown: activation, and the development
+# setting that simulates another interpreter's shape (agent.interp.shape).
+_OTHER_KNOWN = frozenset({ENV_PREFIX, "ASYNCIO_AGENT_INTERP_SHAPE"})
 
 
 def is_enabled(environ: Mapping[str, str]) -> bool:
@@ -155,6 +193,18 @@ def _speedups(name: str, raw: object) -> bool:
     return True
 
 
+MIN_BLOCK_MS = 10
+"""The smallest blocking threshold: the heartbeat runs every quarter of it."""
+
+
+def _block_ms(name: str, raw: object) -> int:
+    value = _whole_number(name, raw, 100, 0, 3_600_000)
+    if 0 < value < MIN_BLOCK_MS:
+        warn_once(name, f"{name}={raw!r} is below {MIN_BLOCK_MS}; using {MIN_BLOCK_MS}")
+        return MIN_BLOCK_MS
+    return value
+
+
 def _path_root(name: str, raw: object) -> Optional[str]:
     if raw is None:
         return None
@@ -219,6 +269,9 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "dump_signal": _signal_name,
     "snapshot_interval": _seconds,
     "speedups": _speedups,
+    "coroutine_origin": lambda name, raw: _whole_number(name, raw, 0, 0, 64),
+    "stuck_s": _seconds,
+    "block_ms": _block_ms,
 }
 
 

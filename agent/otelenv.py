@@ -12,23 +12,12 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
+from .interp.otel_api import EXPORT_LOGGERS
 from .notices import warn_once
 
 KNOWN_EXPORTERS = ("otlp", "console")
 PROTOCOLS = ("http/protobuf", "grpc")
 DEFAULT_PROTOCOL = "http/protobuf"
-
-# Loggers through which the SDK reports export failures of our own providers. Their
-# records are counted and summed up in one warning instead of one line per retry.
-_EXPORT_LOGGERS = (
-    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-    "opentelemetry.exporter.otlp.proto.http._common",
-    "opentelemetry.exporter.otlp.proto.grpc.exporter",
-    "opentelemetry.sdk._shared_internal",
-    "opentelemetry.sdk.metrics._internal.export",
-    "opentelemetry.sdk.trace.export",
-)
 
 
 def _is_true(raw: Optional[str]) -> bool:
@@ -94,6 +83,7 @@ class ExportProblems:
     def __init__(self) -> None:
         self.first: Optional[str] = None
         self.count = 0
+        self._loggers: list[Any] = []
 
     def filter(self, record: Any) -> bool:
         """False (drop) for warnings and errors, which are summed up in one warning."""
@@ -108,18 +98,19 @@ class ExportProblems:
         return False
 
     def attach(self) -> None:
-        """Add the filter to the SDK's exporter loggers."""
+        """Add the filter to the SDK's exporter loggers (while the SDK is being set up)."""
         import logging
 
-        for name in _EXPORT_LOGGERS:
-            logging.getLogger(name).addFilter(self)
+        for name in EXPORT_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addFilter(self)
+            self._loggers.append(logger)
 
     def detach(self) -> None:
-        """Remove the filter again."""
-        import logging
-
-        for name in _EXPORT_LOGGERS:
-            logging.getLogger(name).removeFilter(self)
+        """Remove the filter again (after our providers shut down; imports nothing)."""
+        loggers, self._loggers = self._loggers, []
+        for logger in loggers:
+            logger.removeFilter(self)
 
 
 class SpanDelivery:

@@ -14,41 +14,27 @@ from typing import Any, Optional
 from .report import Report
 
 
-def _redact_summary(summary: Any, depth: int = 0) -> None:
-    # TracebackException keeps str(exc) in ``_str`` (3.10-3.13) and, from 3.11, the
-    # exception's notes; chained and grouped exceptions carry their own. Private
-    # attributes, so every step is allowed to fail: then the traceback is dropped.
-    if summary is None or depth > 64:
-        return
-    summary._str = ""
-    if getattr(summary, "__notes__", None) is not None:
-        summary.__notes__ = None
-    if getattr(summary, "msg", None) is not None:  # SyntaxError: the message and line
-        summary.msg = ""
-        summary.text = None
-    _redact_summary(getattr(summary, "__cause__", None), depth + 1)
-    _redact_summary(getattr(summary, "__context__", None), depth + 1)
-    for inner in getattr(summary, "exceptions", None) or ():
-        _redact_summary(inner, depth + 1)
-
-
 def redact(report: Report) -> Report:
     """Replace the exception message (and the traceback's exception lines) by the type."""
     if report.exception_type is None:
         return report
     report.exception_message = report.exception_type
-    try:
-        _redact_summary(report.exception_summary)
-    except Exception:
-        report.exception_summary = None
+    summary = report.exception_summary
+    if summary is not None:
+        for node in summary.walk():  # the chained and grouped exceptions too
+            node.message = ""
+            node.notes = None
+            if node.syntax is not None:  # a syntax error shows its source line
+                node.syntax.msg = ""
+                node.syntax.text = None
     return report
 
 
-def redacting(submit: Callable[[Report], None]) -> Callable[[Report], None]:
+def redacting(submit: Callable[[Any], None]) -> Callable[[Any], None]:
     """``submit`` that redacts each report first, still inside the finalizer."""
 
-    def submit_redacted(report: Report) -> None:
-        submit(redact(report))
+    def submit_redacted(report: Any) -> None:
+        submit(redact(report) if isinstance(report, Report) else report)
 
     return submit_redacted
 

@@ -4,7 +4,7 @@ Why not an attribute on the task: the first attribute gives a C task a ``__dict_
 one more garbage-collected allocation per task (every collection of the host program
 runs more often) and, on 3.13, 304 bytes. A weak reference per task costs the same.
 The table holds plain integers (key and value), which the collector never sees: on the
-compiled path a ``Table`` of asyncio_agent._speedups (two machine words per entry in
+compiled path a ``Table`` (agent/interp/_speedups.c: two machine words per entry in
 one array: no int object per task, one cache line per task where a dict touches three,
 and that line is loaded ahead while its write waits in a short queue, which every
 read applies first), on the Python path a dict. :func:`use_table` picks the kind.
@@ -15,13 +15,14 @@ Why the table is exact although ids are reused once a task dies:
   task collected in a reference cycle (weak references are cleared before finalizers
   run) still finds it.
 - Every asyncio task registers itself with asyncio's task registry while it is being
-  built (``_scheduled_tasks.add(task)``; ``_all_tasks`` before 3.12). :class:`RegistryHook`
-  sees that call and drops the entry a dead task left at the same id, so a task created
-  without our ``create_task`` (``asyncio.Task(...)`` called directly) has no record
-  rather than a stale one. ``create_task`` then writes the new task's record.
+  built (the WeakSet agent.interp.shape finds: ``_scheduled_tasks``, ``_all_tasks``
+  before 3.12). :class:`RegistryHook` sees that call and drops the entry a dead task left
+  at the same id, so a task created without our ``create_task`` (``asyncio.Task(...)``
+  called directly) has no record rather than a stale one. ``create_task`` then writes
+  the new task's record.
 - An eager task that already finished inside ``create_task`` never registers; it keeps
-  its record as an attribute (``RECORD_ATTR``), as does every task when the hook cannot
-  be installed.
+  its record as an attribute (``RECORD_ATTR``), as does every task where the interpreter
+  has no registry to hook (3.14+: native tasks live in per-thread lists).
 
 The table stays bounded without any per-task work: addresses are reused, and
 :func:`sweep` drops the entries of dead tasks once the table holds half again as many
@@ -30,11 +31,12 @@ entries as there are live tasks (plus :data:`SWEEP_SLACK`).
 
 from __future__ import annotations
 
-import sys
 from types import ModuleType
 from typing import Any, Optional, Protocol
 
-from .speedups import compiled as compiled_speedups
+from .interp.compiled import compiled as compiled_speedups
+from .interp.shape import Shape
+from .interp.tasks import weak_references
 
 RECORD_ATTR = "_asyncio_agent_record"
 """The attribute holding the record of a task the table does not hold (see above)."""
@@ -62,7 +64,7 @@ registry_hooked = False
 
 
 def use_table(speedups: Optional[ModuleType]) -> RecordTable:
-    """Make :data:`TABLE` the compiled ``Table`` of ``speedups`` (asyncio_agent._speedups),
+    """Make :data:`TABLE` the compiled ``Table`` of ``speedups`` (agent/interp/_speedups.c),
     or a dict if None, and return it. Called when a SiteRecorder is built, before the
     registry hook is installed; a table of the other kind is replaced (with its
     records: uninstall has forgotten them already)."""
@@ -71,6 +73,9 @@ def use_table(speedups: Optional[ModuleType]) -> RecordTable:
     if type(TABLE) is not kind:
         TABLE = kind()
     return TABLE
+
+
+_hooked: Optional[Shape] = None  # the shape whose registry is hooked
 
 
 def record_of(task: Any) -> Optional[int]:
@@ -91,43 +96,32 @@ def keep_on_task(task: Any) -> None:
         setattr(task, RECORD_ATTR, record)
 
 
-def _registry() -> Any:
-    tasks_module = sys.modules.get("asyncio.tasks")
-    if tasks_module is None or sys.version_info >= (3, 14):
-        # 3.14 keeps native tasks in per-thread lists: nothing to hook.
-        return None
-    name = "_scheduled_tasks" if sys.version_info >= (3, 12) else "_all_tasks"
-    registry = getattr(tasks_module, name, None)
-    if registry is None or not callable(getattr(registry, "add", None)):
-        return None
-    # Never read registry.__dict__ (nor vars()): that turns the WeakSet's inline
-    # attribute values into a real dict for good, and every task's add and removal
-    # then looks its attributes up the slow way (~5 dict lookups per task).
-    return registry
-
-
 class RegistryHook:
     """Drops a dead task's stale entry when a new task registers at the same id."""
 
-    def __init__(self, compiled: bool = False) -> None:
-        self._compiled = compiled  # wrap with asyncio_agent._speedups.RegistryAdd (its Table)
+    def __init__(self, accelerator: Any = None) -> None:
+        self._accelerator = accelerator  # the compiled Recorder: wrap with RegistryAdd
         self._registry: Any = None
         self._before: Any = None  # the instance attribute "add" found, if any
 
-    def install(self) -> bool:
-        """Wrap the registry's ``add`` on the instance; False if that is not possible."""
-        global registry_hooked
+    def install(self, shape: Shape) -> bool:
+        """Wrap the registry's ``add`` on the instance; False where ``shape`` has no
+        hookable registry (then every task keeps its record as an attribute)."""
+        global registry_hooked, _hooked
         if self._registry is not None:
             return True
-        registry = _registry()
+        registry = shape.registry
         if registry is None:
             return False
+        # Never read registry.__dict__ (nor vars()): that turns the WeakSet's inline
+        # attribute values into a real dict for good, and every task's add and removal
+        # then looks its attributes up the slow way (~5 dict lookups per task).
         add = registry.add
         inherited = getattr(add, "__self__", None) is registry and getattr(
             add, "__func__", None
         ) is getattr(type(registry), "add", None)
         self._before = None if inherited else add  # an instance attribute to put back
-        speedups = compiled_speedups() if self._compiled else None
+        speedups = compiled_speedups() if self._accelerator is not None else None
         wrapper: Any
         if speedups is not None and type(TABLE) is speedups.Table:
             wrapper = speedups.RegistryAdd(TABLE, add)
@@ -147,6 +141,9 @@ class RegistryHook:
             return False
         self._registry = registry
         registry_hooked = True
+        _hooked = shape
+        if self._accelerator is not None:
+            self._accelerator.use_table = 1
         return True
 
     def uninstall(self) -> None:
@@ -155,8 +152,10 @@ class RegistryHook:
         Without the hook, a task created later could take a dead task's id and be read
         as that task; a record lost on uninstall only costs a site.
         """
-        global registry_hooked
+        global registry_hooked, _hooked
         registry, self._registry = self._registry, None
+        if self._accelerator is not None:
+            self._accelerator.use_table = 0
         if registry is not None:
             if self._before is None:
                 try:
@@ -166,6 +165,7 @@ class RegistryHook:
             else:
                 registry.add = self._before
         registry_hooked = False
+        _hooked = None
         TABLE.clear()
 
 
@@ -176,16 +176,17 @@ def sweep() -> int:
     after the registry was read keeps its entry: only ids absent from both readings
     are dropped, and each is checked again right before it goes.
     """
-    registry = _registry()
-    if registry is None:
+    shape = _hooked
+    if shape is None:
         return 0
-    eager: Any = getattr(sys.modules.get("asyncio.tasks"), "_eager_tasks", set())
+    registry = shape.registry
+    eager: Any = shape.eager if shape.eager is not None else set()
     table: Any = TABLE
     if type(table) is not dict:
         # The compiled Table sweeps itself in C, in one step that no other thread can
         # interleave with: it keeps the entries of the referents of the WeakSet's weak
         # references and of the eager tasks, in a new array.
-        refs = getattr(registry, "data", None)
+        refs = weak_references(registry)
         if type(refs) is not set or type(eager) is not set:
             return 0
         count: int = table.sweep(refs, eager)
@@ -224,9 +225,9 @@ def maybe_sweep() -> None:
     size = len(TABLE)
     if size <= SWEEP_SLACK:
         return
-    registry = _registry()
+    shape = _hooked
     try:
-        live = len(registry) if registry is not None else 0
+        live = len(shape.registry) if shape is not None else 0
     except Exception:
         return
     if size > live + live // 2 + SWEEP_SLACK:

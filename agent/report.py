@@ -1,14 +1,16 @@
 """The ``Report`` value: one anomaly CPython's finalizer logged for one task.
 
 Built inside a finalizer and read by sinks in the reporter thread. Holds plain values
-only: never the task, its coroutine, its frames or its context.
+only: never the task, its coroutine, its frames or its context. ``Suppressed`` is what
+the finalizer queues instead when the rate limit holds the report back: only what the
+counts need.
 """
 
 from __future__ import annotations
 
-import traceback
 from typing import Optional
 
+from .exception_summary import ExceptionSummary
 from .sites import Site
 
 DESTROYED_PENDING = "asyncio.task.destroyed_pending"
@@ -46,7 +48,7 @@ class Report:
         at_shutdown: bool,
         exception_type: Optional[str],
         exception_message: Optional[str],
-        exception_summary: Optional[traceback.TracebackException],
+        exception_summary: Optional[ExceptionSummary],
         timestamp: float,
         pid: int,
         thread: str,
@@ -75,7 +77,7 @@ class Report:
         if summary is None:
             return None
         try:
-            return "".join(summary.format())
+            return summary.format()
         except Exception:
             # Source lines need linecache, which fails during interpreter teardown.
             lines = ["Traceback (most recent call last):\n"]
@@ -87,3 +89,20 @@ class Report:
 
     def __repr__(self) -> str:
         return f"Report({self.kind}, task={self.task_name!r}, site={self.site!r})"
+
+
+class Suppressed:
+    """A report the rate limit held back: counted, never written on its own."""
+
+    __slots__ = ("at_shutdown", "coroutine", "kind", "site")
+
+    def __init__(
+        self, kind: str, site: Optional[Site], coroutine: Optional[str], at_shutdown: bool
+    ) -> None:
+        self.kind = kind
+        self.site = site
+        self.coroutine = coroutine
+        self.at_shutdown = at_shutdown
+
+    def __repr__(self) -> str:
+        return f"Suppressed({self.kind}, site={self.site!r})"

@@ -3,13 +3,12 @@
 Owns the hot path run for every new task. It must stay tiny: a few frame steps, one
 dict lookup, one clock read, one write to the record table (asyncio_agent.records), no string
 work. Strings are built once per distinct site and caller, and cached. The same hot
-path is compiled in agent/_speedups.c, which calls ``_record_slow`` here on a miss.
+path is compiled in agent/interp/_speedups.c, which calls ``_record_slow`` here on a miss.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,18 +16,24 @@ from types import CodeType, FrameType
 from typing import Any, Optional
 
 from . import records
-from .speedups import compiled as compiled_speedups
+from .interp.compiled import compiled as compiled_speedups
+from .interp.frames import getframe
 
-_getframe = sys._getframe
+_getframe = getframe
 _monotonic = time.monotonic
 
-# Module-name prefixes whose frames are never a creation site: asyncio itself and the
-# loop implementations that call back into asyncio.
-INTERNAL_MODULES: tuple[str, ...] = ("asyncio", "uvloop")
+# Module-name prefixes whose frames are never a creation site: asyncio itself, the loop
+# implementations that call back into asyncio, and instrumentations that wrap
+# create_task for the caller (OpenTelemetry's asyncio instrumentation).
+INTERNAL_MODULES: tuple[str, ...] = ("asyncio", "uvloop", "opentelemetry.instrumentation.asyncio")
 
 PACKAGE_DIR = os.path.dirname(__file__) + os.sep
 """The agent's own files are recognised by where they are, never by a module name: an
 application's own ``agent`` or ``agent.tasks`` module is application code."""
+
+LAUNCHER_FILES: set[str] = set()
+"""Other files of the agent's that run the program: the ``asyncio-agent`` console script
+(``python -m asyncio_agent run``'s frames are in the package already)."""
 
 MAX_SITES = 16_384
 """Distinct creation sites remembered; tasks from further sites get no site."""
@@ -93,15 +98,16 @@ class SiteRecorder:
         compiled = compiled_speedups() if speedups else None
         table = records.use_table(compiled)  # the compiled Table, or a dict
         self.accelerator: Any = None
-        """The compiled ``Recorder`` (asyncio_agent._speedups) in use, or None: Python only."""
+        """The compiled ``Recorder`` (agent/interp/_speedups.c) in use, or None."""
         if compiled is not None:
             self.accelerator = compiled.Recorder(
                 self._internal_ids,
                 self._record_slow,
                 table,
-                vars(records),
                 records.RECORD_ATTR,
                 records.maybe_sweep,
+                _TIME_BITS,
+                SPAN_ATTR,
             )
         self.record_task: Callable[[Any], None] = (
             self.accelerator if self.accelerator is not None else self._make_record_task()
@@ -131,10 +137,15 @@ class SiteRecorder:
         if self._external.get(id(code)) is code:
             return False
         module = frame.f_globals.get("__name__")
-        internal = code.co_filename.startswith(PACKAGE_DIR) or (
-            isinstance(module, str)
-            and any(
-                module == prefix or module.startswith(prefix + ".") for prefix in self._prefixes
+        filename = code.co_filename
+        internal = (
+            filename.startswith(PACKAGE_DIR)
+            or filename in LAUNCHER_FILES
+            or (
+                isinstance(module, str)
+                and any(
+                    module == prefix or module.startswith(prefix + ".") for prefix in self._prefixes
+                )
             )
         )
         if len(self._external) + len(self._internal_codes) < MAX_SITES * 4:

@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from .livetasks import live_tasks
+from .interp.shape import Shape
+from .interp.tasks import await_chain, coro_of, has_unread_exception, live_tasks
 from .records import record_of
 from .sites import Site, SiteRecorder
 
@@ -22,7 +23,6 @@ MAX_EXAMPLES = 3
 """Example task names and distinct awaiting stacks kept per site."""
 MAX_AWAIT_SAMPLES = 200
 """Pending tasks per site whose awaiting stack is read (the rest are only counted)."""
-MAX_AWAIT_DEPTH = 32
 
 UNKNOWN_SITE = ("<unknown>", 0, "<unknown>")
 
@@ -64,6 +64,15 @@ class SiteSnapshot:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoopState:
+    """One running event loop at the moment of the snapshot."""
+
+    loop_thread: str
+    blocked_s: float
+    """How long it has not run (0.0: it is responsive); with blocking detection on."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Snapshot:
     """Every live task of the process at one moment, by creation site, largest first."""
 
@@ -72,8 +81,17 @@ class Snapshot:
     pid: int
     total: int
     source: str
-    """The asyncio registry read (see :mod:`asyncio_agent.livetasks`)."""
+    """Where the tasks were listed from (see agent.interp.tasks)."""
+    complete: bool
+    """True: every task not yet collected, finished ones too. False: only the pending
+    tasks of the loops the agent has seen (Python 3.14+ lists no more): "pending only"."""
     sites: tuple[SiteSnapshot, ...]
+    never_awaited: tuple[dict[str, Any], ...] = ()
+    """Coroutines never awaited since the agent was installed, by coroutine and
+    creation site, most frequent first (``coroutine``, ``creation_site``, ``count``)."""
+    loops: tuple[LoopState, ...] = ()
+    """The running loops the blocking detector watches, and how long each has been
+    blocked right now (empty with ``ASYNCIO_AGENT_BLOCK_MS=0``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and dicts, ready for ``json.dumps``."""
@@ -82,8 +100,17 @@ class Snapshot:
             "pid": self.pid,
             "total": self.total,
             "source": self.source,
+            "complete": self.complete,
+            "tasks": "all" if self.complete else "pending only",
             "sites": [site_to_dict(site) for site in self.sites],
+            "never_awaited": [dict(entry) for entry in self.never_awaited],
+            "loops": loops_to_list(self.loops),
         }
+
+
+def loops_to_list(loops: Iterable[LoopState]) -> list[dict[str, Any]]:
+    """Loop states as plain values."""
+    return [{"loop_thread": s.loop_thread, "blocked_s": s.blocked_s} for s in loops]
 
 
 def site_to_dict(site: SiteSnapshot) -> dict[str, Any]:
@@ -111,14 +138,9 @@ def _state(task: Any) -> str:
             return "cancelled"
         # The attribute, not exception(): calling that would mark the exception
         # retrieved and silence CPython's "exception was never retrieved".
-        return "failed" if getattr(task, "_exception", None) is not None else "finished"
+        return "failed" if has_unread_exception(task) else "finished"
     except Exception:
         return "unknown"
-
-
-def _coro_of(task: Any) -> Any:
-    # ``_coro`` first: get_coro() can crash 3.12.0-3.12.4 for an eagerly finished task.
-    return task._coro if hasattr(task, "_coro") else task.get_coro()
 
 
 def _name_of(obj: Any) -> str:
@@ -126,44 +148,9 @@ def _name_of(obj: Any) -> str:
     return name if isinstance(name, str) else type(obj).__qualname__
 
 
-def _frame_line(frame: Any, owner: Any) -> str:
-    code = frame.f_code
-    return f"{code.co_filename}:{frame.f_lineno} in {getattr(code, 'co_qualname', _name_of(owner))}"
-
-
 def _awaiting(task: Any) -> tuple[str, ...]:
     """The await chain of a pending task, outermost coroutine first."""
-    lines: list[str] = []
-    try:
-        current = _coro_of(task)
-        for _ in range(MAX_AWAIT_DEPTH):
-            frame = getattr(current, "cr_frame", None) or getattr(current, "gi_frame", None)
-            if frame is None:
-                frame = getattr(current, "ag_frame", None)
-            if frame is None:
-                break
-            lines.append(_frame_line(frame, current))
-            following = (
-                getattr(current, "cr_await", None)
-                or getattr(current, "gi_yieldfrom", None)
-                or getattr(current, "ag_await", None)
-            )
-            if following is None or not (
-                hasattr(following, "cr_frame")
-                or hasattr(following, "gi_frame")
-                or hasattr(following, "ag_frame")
-            ):
-                break
-            current = following
-        waiter = getattr(task, "_fut_waiter", None)
-        if waiter is not None:
-            if getattr(type(waiter), "get_coro", None) is not None:
-                lines.append(f"-> Task {waiter.get_name()!r} ({_name_of(_coro_of(waiter))})")
-            else:
-                lines.append(f"-> {type(waiter).__qualname__}")
-    except Exception:
-        pass
-    return tuple(lines)
+    return await_chain(task)
 
 
 class _Group:
@@ -185,7 +172,7 @@ class _Group:
         state = _state(task)
         self.states[state] += 1
         try:
-            self.coroutines[_name_of(_coro_of(task))] += 1
+            self.coroutines[_name_of(coro_of(task))] += 1
         except Exception:
             self.coroutines["?"] += 1
         if len(self.names) < MAX_EXAMPLES:
@@ -235,18 +222,27 @@ def group_tasks(tasks: Iterable[Any], recorder: SiteRecorder) -> tuple[SiteSnaps
     return tuple(frozen)
 
 
-def take_snapshot(recorder: Optional[SiteRecorder] = None) -> Snapshot:
-    """See :func:`asyncio_agent.snapshot`."""
-    if recorder is None:
-        from . import runtime
+def take_snapshot(
+    recorder: SiteRecorder,
+    shape: Optional[Shape],
+    loops: Iterable[Any] = (),
+    never_awaited: tuple[dict[str, Any], ...] = (),
+    blocked: Iterable[dict[str, Any]] = (),
+) -> Snapshot:
+    """The live tasks now, by creation site (see :func:`asyncio_agent.snapshot`).
 
-        installation = runtime.current()
-        # Sites are shared by all recorders: a fresh one decodes any record.
-        recorder = installation.recorder if installation is not None else SiteRecorder(0)
-    tasks, source = live_tasks()
+    ``shape`` says how to list them (agent.interp.shape); ``loops`` are the loops the
+    agent has seen, asked for their pending tasks where the interpreter lists no more;
+    ``never_awaited`` the tally of never-awaited coroutines so far.
+    ``blocked`` is the blocking detector's view of the running loops
+    (agent.watchdog.Watchdog.blocked_now).
+    """
+    listed = live_tasks(shape, loops)
+    source, complete = listed.source, listed.complete
     try:
-        sites = group_tasks(tasks, recorder)
-        total = len(tasks)
+        sites = group_tasks(listed.tasks, recorder)
+        total = len(listed.tasks)
     finally:
-        del tasks  # the only strong references: gone before we return
-    return Snapshot(time.time(), os.getpid(), total, source, sites)
+        del listed  # the only strong references: gone before we return
+    states = tuple(LoopState(entry["loop_thread"], entry["blocked_s"]) for entry in blocked)
+    return Snapshot(time.time(), os.getpid(), total, source, complete, sites, never_awaited, states)

@@ -7,31 +7,22 @@ handler only queues a request; snapshots are taken and written in the reporter t
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import threading
-import weakref
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Optional, Union
 
 from .config import Settings
 from .notices import warn_once
 from .reporter import Reporter
-from .sites import SiteRecorder
-from .snapshot import Snapshot, site_to_dict, take_snapshot
+from .sinks.base import Sink
+from .snapshot import Snapshot, loops_to_list, site_to_dict
 
 GROWTH_RUNS = 3
 """A site is "growing" when its live count rose in each of this many snapshots in a row."""
 
 _Handler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers, None]
-
-
-class SnapshotSink(Protocol):
-    """What writes the events (``asyncio_agent.sinks.events.EventSink``)."""
-
-    def emit_snapshot(self, fields: dict[str, Any], growing: list[dict[str, Any]]) -> None:
-        """Write one snapshot event (and a growing event if ``growing``)."""
 
 
 class GrowthTracker:
@@ -67,28 +58,37 @@ class SnapshotDumper:
     """Writes ``asyncio.tasks.snapshot`` events when asked by signal or timer."""
 
     def __init__(
-        self, settings: Settings, reporter: Reporter, sink: SnapshotSink, recorder: SiteRecorder
+        self,
+        settings: Settings,
+        reporter: Reporter,
+        sink: Sink,
+        take: Callable[[], Snapshot],
+        after_dump: Optional[Callable[[], None]] = None,
     ) -> None:
         self._signal_name = settings.dump_signal
         self._interval = settings.snapshot_interval
         self._reporter = reporter
         self._sink = sink
-        self._recorder = recorder
+        self._take = take
+        self._after_dump = after_dump  # e.g. the stuck-task check, after each snapshot
         self._growth = GrowthTracker()
         self._requested = False
         self._previous: _Handler = None
         self._signum: Optional[int] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        _live_dumpers.add(self)
 
     # -- application side ------------------------------------------------------
 
-    def start(self) -> None:
-        """Install the signal handler and start the timer, as the settings ask."""
+    def install_signal_handler(self) -> None:
+        """Install the signal handler, if the settings ask for one (at install)."""
         if self._signal_name:
             self._install_handler()
-        if self._interval > 0:
+
+    def start_timer(self) -> None:
+        """Start the interval timer, if the settings ask for one (once asyncio is
+        imported: a program that never imports asyncio gets no snapshot events)."""
+        if self._interval > 0 and self._thread is None and not self._stop.is_set():
             self._start_timer()
 
     def stop(self) -> None:
@@ -102,7 +102,6 @@ class SnapshotDumper:
             except (ValueError, OSError, TypeError):
                 pass
             self._signum = None
-        _live_dumpers.discard(self)
 
     def request(self) -> None:
         """Ask for one snapshot event; safe in a signal handler (one queue ``put``)."""
@@ -150,7 +149,8 @@ class SnapshotDumper:
         while not stop.wait(self._interval):
             self.request()
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
+        """In a forked child: its own growth history, and its own timer if one ran."""
         self._requested = False
         self._growth = GrowthTracker()  # another process: its own history
         if self._thread is not None and not self._stop.is_set():
@@ -160,24 +160,18 @@ class SnapshotDumper:
 
     def _dump(self) -> None:
         self._requested = False
-        snapshot = take_snapshot(self._recorder)
+        snapshot = self._take()
         growing = self._growth.update(snapshot)
         fields = {
             "total": snapshot.total,
             "source": snapshot.source,
+            "tasks": "all" if snapshot.complete else "pending only",
             "sites": [site_to_dict(site) for site in snapshot.sites],
+            "never_awaited": [dict(entry) for entry in snapshot.never_awaited],
+            "loops": loops_to_list(snapshot.loops),
             "pid": snapshot.pid,
             "_timestamp": snapshot.timestamp,
         }
         self._sink.emit_snapshot(fields, growing)
-
-
-_live_dumpers: weakref.WeakSet[SnapshotDumper] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for dumper in list(_live_dumpers):
-        dumper._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+        if self._after_dump is not None:
+            self._after_dump()

@@ -7,11 +7,11 @@ for the application to import ``opentelemetry.trace``, and keeps no span or cont
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Optional
 
+from .interp import otel_api
 from .sites import SiteRecorder
 
 TRACE_MODULE = "opentelemetry.trace"
@@ -59,7 +59,7 @@ def make_probe(trace: ModuleType) -> Callable[[], Optional[int]]:
     SpanContext tuple; if the API's layout is not the one expected, the public
     ``get_current_span()`` is used instead.
     """
-    fast = _fast_probe(trace)
+    fast = otel_api.fast_span_probe(trace)
     if fast is not None:
         return fast
     get_current_span = trace.get_current_span
@@ -69,51 +69,6 @@ def make_probe(trace: ModuleType) -> Callable[[], Optional[int]]:
         if not context.is_valid:
             return None
         return pack(context.trace_id, context.span_id, bool(context.trace_flags & 1))
-
-    return probe
-
-
-def _fast_probe(trace: ModuleType) -> Optional[Callable[[], Optional[int]]]:
-    try:
-        context_module = sys.modules["opentelemetry.context"]
-        runtime = context_module._RUNTIME_CONTEXT
-        get_context = runtime._current_context.get
-        key = sys.modules["opentelemetry.trace.propagation"]._SPAN_KEY
-        sample = trace.SpanContext(
-            trace_id=3, span_id=5, is_remote=False, trace_flags=trace.TraceFlags(1)
-        )
-        if not (
-            isinstance(sample, tuple)
-            and sample[0] == 3
-            and sample[1] == 5
-            and sample[3] == 1
-            and sample[5] is True
-            and isinstance(get_context(), dict)
-        ):
-            return None
-    except Exception:
-        return None
-
-    # The last SpanContext seen and its packed value: tasks created in one request
-    # share a span, and an identity check is cheaper than three big-int operations.
-    # A SpanContext is an immutable tuple of ids; the span itself is never kept.
-    # One slot holding a (context, packed) tuple, read once: consistent across threads.
-    last: list[tuple[Any, int]] = [(None, 0)]
-
-    def probe() -> Optional[int]:
-        span = get_context().get(key)
-        if span is None:
-            return None
-        context = span.get_span_context()
-        entry = last[0]
-        if context is entry[0]:
-            packed: int = entry[1]
-            return packed
-        if not context[5]:  # is_valid: the API's INVALID_SPAN when nothing is current
-            return None
-        packed = (context[0] << 65) | (context[1] << 1) | (context[3] & 1)
-        last[0] = (context, packed)
-        return packed
 
     return probe
 
@@ -158,13 +113,11 @@ class SpanProbeSwitch:
         trace = self._module
         if trace is None or self._recorder.span_probe is not None:
             return
-        if is_real_provider(getattr(trace, "_TRACER_PROVIDER", None)):
+        if is_real_provider(otel_api.global_tracer_provider(trace)):
             self._recorder.span_probe = make_probe(trace)
 
     def _wrap_setter(self, trace: ModuleType) -> None:
-        # The private setter is what both set_tracer_provider() and the API's own
-        # OTEL_PYTHON_TRACER_PROVIDER loading call; the public one is the fallback.
-        for name in ("_set_tracer_provider", "set_tracer_provider"):
+        for name in otel_api.PROVIDER_SETTERS:
             original = getattr(trace, name, None)
             if original is None:
                 continue

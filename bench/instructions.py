@@ -30,7 +30,7 @@ from pathlib import Path
 from run import VARIANTS, WORKLOADS, Variant
 
 HERE = Path(__file__).resolve().parent
-COUNTED = ("baseline", "agent", "agent_python_path")
+COUNTED = ("baseline", "agent", "agent_no_blocking", "agent_python_path")
 # Sizes that keep each child under a minute in valgrind; the fan-out tree only has its
 # full shape (7 levels, 21,845 tasks) at scale 1.
 SCALES = {"create_gather": 0.2, "fan_out_tree": 1.0, "echo_server": 0.2}
@@ -66,11 +66,13 @@ def main() -> None:
     parser.add_argument(
         "--other", action="append", default=[], help="NAME=PYTHON: that agent as a variant too"
     )
+    parser.add_argument("--variants", default=",".join(COUNTED), help="names from bench/run.py")
     options = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
     workloads = options.workloads.split(",")
-    variants = [v for v in VARIANTS if v.name in COUNTED]
+    wanted = options.variants.split(",")
+    variants = [v for v in VARIANTS if v.name in wanted]
     variants += [Variant.other(spec) for spec in options.other]
     counts: dict[str, dict[str, float]] = {}
     for workload in workloads:

@@ -4,6 +4,9 @@ Owns the pictures only. overhead.png (``bench/run.py``): one panel per Python, o
 group of bars per workload, the median ratio against the baseline with the min-max
 range as an error bar. live-tasks.png (``bench/live_tasks.py``): the ratio against the
 number of tasks alive at once, one line per Python and variant, the same spread.
+
+    python bench/plot.py                              # bench/results/*.png
+    python bench/plot.py bench/results/blocking       # that folder's overhead.png
 """
 
 from __future__ import annotations
@@ -59,10 +62,12 @@ def live_tasks() -> None:
 
 
 def main() -> None:
-    """Plot every full (non-smoke) result file found."""
-    live_tasks()
+    """Plot every full (non-smoke) result file found (in the folder given, if any)."""
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
+    if folder == RESULTS:
+        live_tasks()
     files = sorted(
-        p for p in RESULTS.glob("py*.json") if "smoke" not in p.name and "-" not in p.stem
+        p for p in folder.glob("py*.json") if "smoke" not in p.name and "-" not in p.stem
     )
     if not files:
         sys.exit("no results: run bench/run.py first")
@@ -91,7 +96,7 @@ def main() -> None:
         axis.set_title(f"Python {result['python_full']} ({result['machine']})")
         axis.legend(fontsize=7, ncols=2)
     figure.tight_layout()
-    out = RESULTS / "overhead.png"
+    out = folder / "overhead.png"
     figure.savefig(out, dpi=110)
     print(f"wrote {out}")
 

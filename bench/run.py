@@ -63,25 +63,44 @@ class Variant:
 
 
 AGENT_ON = {"PYTHONPATH": str(SITECUSTOMIZE), "ASYNCIO_AGENT": "1"}
+"""The agent as installed, with its defaults (blocking detection at 100 ms included)."""
+LOST_TASKS_ONLY = {**AGENT_ON, "ASYNCIO_AGENT_BLOCK_MS": "0"}
+"""The agent without blocking detection: what ``agent`` measured before it existed."""
 
 VARIANTS = [
     Variant("baseline"),
+    # The agent as installed: lost tasks, never-awaited coroutines and blocking detection.
     Variant("agent", AGENT_ON),
+    # Without blocking detection (ASYNCIO_AGENT_BLOCK_MS=0): what the heartbeat costs.
+    Variant("agent_no_blocking", LOST_TASKS_ONLY),
     Variant("agent_python_path", {**AGENT_ON, "ASYNCIO_AGENT_SPEEDUPS": "0"}),
     Variant("agent_full_stacks", {**AGENT_ON, "ASYNCIO_AGENT_STACK_DEPTH": "64"}),
+    # CPython's coroutine origin tracking (never-awaited coroutines' creation site):
+    # it costs on every coroutine created, task or not.
+    Variant("agent_origin_1", {**AGENT_ON, "ASYNCIO_AGENT_COROUTINE_ORIGIN": "1"}),
+    Variant("agent_origin_8", {**AGENT_ON, "ASYNCIO_AGENT_COROUTINE_ORIGIN": "8"}),
+    # The stuck-task check: one pass over the live tasks every 0.5 s.
+    Variant("agent_stuck", {**AGENT_ON, "ASYNCIO_AGENT_STUCK_S": "1"}),
     Variant("debug_mode", {"PYTHONASYNCIODEBUG": "1"}, slow=True),
+    Variant("aiocop", peer="aiocop"),
+    Variant("pyleak", peer="pyleak"),
+    Variant("aiodebug", peer="aiodebug"),
     Variant("aiomonitor", peer="aiomonitor", slow=True),
     Variant("otel_asyncio", peer="otel"),
     Variant("uvloop_baseline", loop="uvloop"),
     Variant("uvloop_agent", AGENT_ON, loop="uvloop"),
+    Variant("uvloop_agent_no_blocking", LOST_TASKS_ONLY, loop="uvloop"),
 ]
-BASELINE_OF = {"uvloop_agent": "uvloop_baseline"}
+BASELINE_OF = {"uvloop_agent": "uvloop_baseline", "uvloop_agent_no_blocking": "uvloop_baseline"}
 
 
 def _available(variant: Variant) -> bool:
     probe = {
         "aiomonitor": "import aiomonitor",
         "otel": "import opentelemetry.instrumentation.asyncio",
+        "aiocop": "import aiocop",
+        "pyleak": "import pyleak",
+        "aiodebug": "import aiodebug.log_slow_callbacks",
     }.get(variant.peer, "import uvloop" if variant.loop == "uvloop" else "pass")
     done = subprocess.run([variant.python, "-c", probe], capture_output=True, check=False)
     return done.returncode == 0

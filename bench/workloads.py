@@ -113,6 +113,10 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _set_up_peer(peer: str, loop: asyncio.AbstractEventLoop) -> Any:
+    if peer in ("aiocop", "pyleak", "aiodebug"):
+        from peers import enable_inside
+
+        return loop.run_until_complete(enable_inside(peer))  # inside the loop, as they need
     if peer == "aiomonitor":
         import aiomonitor
 
@@ -185,7 +189,9 @@ def time_workload(name: str, loop_kind: str, repeats: int, peer: str) -> dict[st
             gc.callbacks.remove(meter)
             collector.append({"collections": meter.collections, "seconds": meter.seconds})
     finally:
-        if monitor is not None:
+        if callable(monitor):
+            monitor()  # a peer's stop
+        elif monitor is not None:
             monitor.close()
         loop.close()
     return {"times": times, "cpu_times": cpu_times, "gc": collector}
@@ -238,9 +244,11 @@ def main() -> None:
     parser.add_argument("workload", choices=[*WORKLOADS, "memory"])
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--peer", choices=("none", "aiomonitor", "otel"), default="none")
-    parser.add_argument("--count", type=int, default=20_000, help="memory: live tasks")
-    parser.add_argument("--no-churn", action="store_true", help="memory: per task only")
+    parser.add_argument(
+        "--peer",
+        choices=("none", "aiomonitor", "otel", "aiocop", "pyleak", "aiodebug"),
+        default="none",
+    )
     options = parser.parse_args()
     if options.workload == "memory":
         result = memory_per_task(options.loop, options.count, churn=not options.no_churn)

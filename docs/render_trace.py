@@ -112,8 +112,8 @@ def _free_port() -> int:
         return port
 
 
-def collect_spans(folder: Path) -> list[Span]:
-    """Run the app against a fresh collector and return the spans it received."""
+def collect_spans(folder: Path, app: str = APP, expected: int = 5) -> list[Span]:
+    """Run ``app`` against a fresh collector and return the spans it received."""
     spec = importlib.util.find_spec("rotel")
     if spec is None or spec.origin is None:
         sys.exit("needs the rotel collector: pip install '.[otel-test]'")
@@ -146,7 +146,7 @@ def collect_spans(folder: Path) -> list[Span]:
         try:
             time.sleep(1.0)
             script = folder / "app.py"
-            script.write_text(textwrap.dedent(APP))
+            script.write_text(textwrap.dedent(app))
             app_env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCIO_AGENT")}
             app_env.update(
                 OTEL_SERVICE_NAME=SERVICE,
@@ -167,7 +167,7 @@ def collect_spans(folder: Path) -> list[Span]:
             )
             for _ in range(100):
                 spans = parse_spans(log.read_text())
-                if len(spans) >= 5:
+                if len(spans) >= expected:
                     return spans
                 time.sleep(0.1)
             return parse_spans(log.read_text())
@@ -203,7 +203,13 @@ def _label(span: Span, depth: int) -> str:
     return label
 
 
-def render(spans: list[Span], output: Path) -> None:
+TITLE = (
+    f"One trace of {SERVICE}, as the OTLP collector received it:\n"
+    "the lost tasks are ERROR spans inside the request that created them"
+)
+
+
+def render(spans: list[Span], output: Path, title: str = TITLE) -> None:
     """Draw the spans as a trace timeline: one bar per span, anomalies in red."""
     import matplotlib
 
@@ -229,11 +235,7 @@ def render(spans: list[Span], output: Path) -> None:
     axes.set_xlabel("milliseconds since the request started")
     axes.set_xlim(right=axes.get_xlim()[1] * 1.25)
     axes.grid(axis="x", alpha=0.3)
-    axes.set_title(
-        f"One trace of {SERVICE}, as the OTLP collector received it:\n"
-        "the lost tasks are ERROR spans inside the request that created them",
-        fontsize=10,
-    )
+    axes.set_title(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(output)
     plt.close(figure)

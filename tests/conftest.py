@@ -86,13 +86,20 @@ the whole suite on the agent's Python hot path (tests/run.sh does, on two Python
 _OFF = ("0", "false", "no", "off")
 PYTHON_PATH_ONLY = os.environ.get(SPEEDUPS_VARIABLE, "1").strip().lower() in _OFF
 
+SHAPE_VARIABLE = "ASYNCIO_AGENT_INTERP_SHAPE"
+"""Kept from the test process's environment too: ``ASYNCIO_AGENT_INTERP_SHAPE=3.14 pytest``
+runs the whole suite with the agent behaving as on Python 3.14 (no task registry it can
+hook or read: live tasks are the pending ones of the loops it has seen; no compiled hot
+path). tests/run.sh does, on two Pythons."""
+SHAPE_314 = os.environ.get(SHAPE_VARIABLE, "") == "3.14"
+
 
 def clean_environment() -> dict[str, str]:
     """The test process's environment without any agent or asyncio debug settings."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if (not k.startswith("ASYNCIO_AGENT") or k == SPEEDUPS_VARIABLE)
+        if (not k.startswith("ASYNCIO_AGENT") or k in (SPEEDUPS_VARIABLE, SHAPE_VARIABLE))
         and k not in ("PYTHONASYNCIODEBUG", "PYTHONPATH")
     }
     env["PYTHONDONTWRITEBYTECODE"] = "1"

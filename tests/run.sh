@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Runs the test suite on every supported Python (pyenv's 3.10-3.13), each in its own
 # fresh virtualenv under .venvs/, and prints one closing "N passed, N failed" line.
-# On PYTHON_PATH_PYTHONS (default: the oldest and the newest) the suite runs a second
-# time with ASYNCIO_AGENT_SPEEDUPS=0: the agent's Python hot path, which runs wherever
-# its compiled one (agent/_speedups.c) was not built.
+# On PYTHON_PATH_PYTHONS (default: the oldest and the newest) the suite runs twice more:
+# with ASYNCIO_AGENT_SPEEDUPS=0, the agent's Python hot path, which runs wherever its
+# compiled one (agent/interp/_speedups.c) was not built; and with
+# ASYNCIO_AGENT_INTERP_SHAPE=3.14, the agent behaving as on Python 3.14+ (no task
+# registry it can hook or read, live tasks pending only, no compiled path), which
+# cannot be installed here.
 # Usage: bash tests/run.sh [pytest args...]      PYTHONS="3.12.1 3.13.0" to choose.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,13 +45,19 @@ for version in $PYTHONS; do
             || echo "(OpenTelemetry did not install on $version; its tests will skip)"
     fi
     runs="$version"
-    case " $PYTHON_PATH_PYTHONS " in *" $version "*) runs="$runs $version-python-path" ;; esac
+    case " $PYTHON_PATH_PYTHONS " in
+        *" $version "*) runs="$runs $version-python-path $version-shape-3.14" ;;
+    esac
     for report in $runs; do
         setting=()
-        if [ "$report" != "$version" ]; then
-            echo "=== Python $version, the agent's Python hot path (ASYNCIO_AGENT_SPEEDUPS=0)"
-            setting=(ASYNCIO_AGENT_SPEEDUPS=0)
-        fi
+        case "$report" in
+            *-python-path)
+                echo "=== Python $version, the agent's Python hot path (ASYNCIO_AGENT_SPEEDUPS=0)"
+                setting=(ASYNCIO_AGENT_SPEEDUPS=0) ;;
+            *-shape-3.14)
+                echo "=== Python $version, in the shape of 3.14 (ASYNCIO_AGENT_INTERP_SHAPE=3.14)"
+                setting=(ASYNCIO_AGENT_INTERP_SHAPE=3.14) ;;
+        esac
         # The pytest script, not `python -m pytest`: that would put the checkout first
         # on sys.path, and the tests would import its agent/ (without the compiled
         # module pip built) instead of the installed package.

@@ -7,13 +7,15 @@ Every test starts a real ``python -m asyncio_agent ...`` subprocess in a clean e
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
-from conftest import DESTROYED, REPO, UNRETRIEVED, clean_environment, line_of
+import pytest
+from conftest import DESTROYED, REPO, SHAPE_314, UNRETRIEVED, clean_environment, line_of
 
 LEAKY = """
 import asyncio, gc, sys
@@ -138,13 +140,13 @@ def test_report_groups_events_of_many_processes_and_counts_bad_lines(tmp_path: P
     table = agent_cli("report", *map(str, files), cwd=tmp_path)
     assert table.returncode == 0
     header = table.stdout.splitlines()[0]
-    assert header.split()[:3] == ["COUNT", "KIND", "CREATION"]
+    assert header.split()[:4] == ["COUNT", "RATE-LIMITED", "KIND", "CREATION"]
     assert f"app.py:{line_of(LEAKY, 'SITE-BOOM')} in main" in table.stdout
     assert "2 line(s) unreadable (truncated or not JSON)" in table.stdout
     assert "1 line(s) not from the agent (ignored)" in table.stdout
 
     markdown = agent_cli("report", *map(str, files), "--format", "markdown", cwd=tmp_path)
-    assert markdown.stdout.startswith("| Count | Kind | Creation Site |")
+    assert markdown.stdout.startswith("| Count | Rate-Limited | Kind | Creation Site |")
     assert markdown.stdout.count("\n| 2 |") == 2
 
 
@@ -179,14 +181,21 @@ def test_doctor_shows_activation_settings_warnings_and_features(tmp_path: Path) 
     features = facts["features"]
     assert features["task_group"] is (sys.version_info >= (3, 11))
     assert features["eager_tasks"] is (sys.version_info >= (3, 12))
-    assert features["live_task_registry"].startswith("asyncio.tasks.")
+    capabilities = features["capabilities"]
+    if SHAPE_314:
+        assert capabilities["live_tasks_complete"] is False
+        assert "pending only" in capabilities["live_tasks"]
+    else:
+        assert capabilities["live_tasks"].startswith("asyncio.tasks.")
     assert features["hot_path"].startswith(("compiled", "Python ("))
+    assert features["never_awaited_hook"].startswith(("compiled prelude", "Python twin"))
 
     text = agent_cli(
         "doctor", cwd=tmp_path, env={"PYTHONPATH": str(REPO / "sitecustomize_example")}
     )
     assert "would activate       no: ASYNCIO_AGENT is not set" in text.stdout
     assert "hot path             " in text.stdout
+    assert "never-awaited hook   " in text.stdout
     assert "sitecustomize:" in text.stdout
 
 
@@ -211,3 +220,53 @@ def test_run_script_sees_argv0_main_module_and_pickles_its_functions(tmp_path: P
     )
     assert ours.returncode == 0, ours.stderr
     assert ours.stdout == plain.stdout == "app.py True None\nok\n"
+
+
+def test_the_console_script_runs_a_program_like_python_m_asyncio_agent(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "asyncio-agent"
+    (tmp_path / "app.py").write_text(textwrap.dedent(LEAKY))
+    events = tmp_path / "events.jsonl"
+    env = clean_environment()
+    result = subprocess.run(
+        [str(script), "run", "--output", str(events), "app.py", "x"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    by_kind = {e["event"]: e for e in _events(events)}
+    assert by_kind[UNRETRIEVED]["creation_line"] == line_of(LEAKY, "SITE-BOOM")
+    # The stack starts at the program: not at the console script.
+    assert by_kind[UNRETRIEVED]["creation_stack"][0].startswith(f"{tmp_path / 'app.py'}:")
+
+
+@pytest.mark.parametrize("route", ["python", "sitecustomize", "run", "console script"])
+def test_ctrl_c_ends_the_program_by_sigint_whichever_way_it_runs(
+    tmp_path: Path, route: str
+) -> None:
+    # Plain python exits by SIGINT after an unhandled KeyboardInterrupt (a shell sees an
+    # interrupted program); `run` used to turn it into exit status 130.
+    (tmp_path / "app.py").write_text(
+        "import os, signal\nprint('started', flush=True)\nos.kill(os.getpid(), signal.SIGINT)\n"
+    )
+    env = clean_environment()
+    command = {
+        "python": [sys.executable, "app.py"],
+        "sitecustomize": [sys.executable, "app.py"],
+        "run": [sys.executable, "-m", "asyncio_agent", "run", "app.py"],
+        "console script": [str(Path(sys.executable).parent / "asyncio-agent"), "run", "app.py"],
+    }[route]
+    if route == "sitecustomize":
+        env.update(PYTHONPATH=str(REPO / "sitecustomize_example"), ASYNCIO_AGENT="1")
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == -signal.SIGINT, result.stderr
+    assert result.stdout == "started\n"
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[1] == f'  File "{tmp_path / "app.py"}", line 3, in <module>'
+    assert lines[-1] == "KeyboardInterrupt"

@@ -440,6 +440,55 @@ def test_plain_futures_are_left_to_cpython(run: Runner) -> None:
     assert result.anomalies() == []
 
 
+def test_gathers_own_future_is_left_to_cpython(run: Runner) -> None:
+    # gather() retrieves its child's exception and sets it on its own future (a
+    # _GatheringFuture, not a task): CPython reports that future, and the agent, which
+    # reports tasks only, writes nothing.
+    source = """
+    import asyncio, gc
+    gc.disable()
+
+    async def boom():
+        raise ValueError("into gather")
+
+    async def main():
+        gathering = asyncio.gather(boom())
+        await asyncio.sleep(0.01)
+        del gathering
+        gc.collect()
+
+    asyncio.run(main())
+    """
+    result = run(source)
+    assert "_GatheringFuture exception was never retrieved" in result.stderr
+    assert result.events == []
+
+
+def test_a_plain_future_collected_in_a_cycle_is_left_to_cpython(run: Runner) -> None:
+    # The other angle: a plain future that dies in a reference cycle (weakrefs cleared,
+    # finalizer during a collection) and one with a subclass of Future.
+    source = """
+    import asyncio, gc
+    gc.disable()
+
+    class MyFuture(asyncio.Future):
+        pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for future in (loop.create_future(), MyFuture(loop=loop)):
+            future.set_exception(OSError("not a task"))
+            future.cycle = future
+        del future
+        gc.collect()
+
+    asyncio.run(main())
+    """
+    result = run(source)
+    assert result.stderr.count("exception was never retrieved") == 2
+    assert result.events == []
+
+
 def test_task_subclass_from_a_factory_is_reported_like_cpython_does(run: Runner) -> None:
     source = """
     import asyncio, gc

@@ -206,3 +206,171 @@ def test_user_sitecustomize_runs_when_the_agent_fails_to_start(run: Runner) -> N
         "asyncio-agent: warning: ASYNCIO_AGENT=1 but the asyncio_agent package could not be "
         f"imported (RuntimeError: broken install) for {sys.executable}; running without it\n"
     )
+
+
+# -- exit: never hang, never re-enter itself -------------------------------------------
+
+NO_ASYNCIO = """
+import time
+time.sleep(0.5)
+print("done")
+"""
+
+
+@pytest.mark.parametrize("through", ["sitecustomize", "run"])
+def test_a_program_without_asyncio_exits_with_snapshots_on(run: Runner, through: str) -> None:
+    # Used to hang for ever: at exit the flush wrote the queued snapshot in the main
+    # thread, which imported structlog, which imported asyncio, whose import hook
+    # waited for the lock the flush held.
+    env = {"ASYNCIO_AGENT_SNAPSHOT_INTERVAL": "0.1", "ASYNCIO_AGENT_DUMP_SIGNAL": "SIGUSR1"}
+    if through == "run":
+        runner_source = (
+            "import runpy, sys\n"
+            "sys.argv = ['asyncio_agent', 'run', 'program.py']\n"
+            "runpy.run_module('asyncio_agent', run_name='__main__')\n"
+        )
+        result = run(runner_source, agent=False, env=env, files={"program.py": NO_ASYNCIO})
+    else:
+        result = run(NO_ASYNCIO, env=env, timeout=30)
+    assert (result.returncode, result.stdout) == (0, "done\n"), result.stderr
+    # No asyncio, no snapshots: a helper script that inherits the settings stays quiet.
+    assert result.stderr == ""
+    assert result.events == []
+
+
+def test_a_snapshot_asked_for_by_signal_without_asyncio_is_written_plainly(run: Runner) -> None:
+    source = """
+    import os, signal, sys, time
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(0.2)
+    print("asyncio imported:", "asyncio" in sys.modules, "structlog:", "structlog" in sys.modules)
+    """
+    result = run(source, env={"ASYNCIO_AGENT_DUMP_SIGNAL": "SIGUSR1"}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "asyncio imported: False structlog: False\n"
+    [snapshot] = result.events
+    assert (snapshot["event"], snapshot["total"], snapshot["sites"]) == (
+        "asyncio.tasks.snapshot",
+        0,
+        [],
+    )
+
+
+# Records every module import with the importing thread, and whether the program had
+# ended; written line by line with os.write (no import, no buffering), so imports made
+# by the agent's exit handlers are in the file too.
+IMPORT_AUDIT = """
+import os, sys, threading
+_audit = os.open("imports.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+_ended = [False]
+
+def _audit_hook(event, args):
+    if event == "import":
+        line = f"{threading.current_thread().name}\\t{args[0]}\\t{_ended[0]}\\n"
+        os.write(_audit, line.encode())
+
+sys.addaudithook(_audit_hook)
+threading._register_atexit(lambda: _ended.__setitem__(0, True))  # before any exit flush
+"""
+
+EVERY_OUTPUT = """
+import asyncio, gc, os, signal, time
+gc.disable()
+
+async def forever():
+    await asyncio.Event().wait()
+
+async def boom(n):
+    raise ValueError(f"lost {n}")
+
+async def main():
+    for n in range(20):  # over the rate limit: suppressed counts are written too
+        asyncio.create_task(boom(n))
+        asyncio.create_task(forever())
+    await asyncio.sleep(0.01)
+    gc.collect()
+    os.kill(os.getpid(), signal.SIGUSR1)  # a snapshot on demand
+    await asyncio.sleep(0.3)  # and some by the timer
+    for n in range(20):  # still queued when the program ends
+        asyncio.create_task(boom(n))
+    await asyncio.sleep(0)
+
+asyncio.run(main())
+gc.collect()
+print("done")
+"""
+
+
+@pytest.mark.parametrize("output_format", ["json", "console"])
+def test_the_agent_never_imports_while_writing_or_exiting(run: Runner, output_format: str) -> None:
+    env = {
+        "ASYNCIO_AGENT_SNAPSHOT_INTERVAL": "0.1",
+        "ASYNCIO_AGENT_DUMP_SIGNAL": "SIGUSR1",
+        "ASYNCIO_AGENT_RATE_LIMIT": "3",
+        "ASYNCIO_AGENT_FORMAT": output_format,
+        "ASYNCIO_AGENT_OUTPUT": "stderr",
+    }
+    result = run(IMPORT_AUDIT + EVERY_OUTPUT, env=env, output_to_file=False, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "done\n"), result.stderr[-3000:]
+    assert "asyncio.task.exception_unretrieved" in result.stderr
+    assert "asyncio.agent.reports_suppressed" in result.stderr
+    assert "asyncio.tasks.snapshot" in result.stderr
+    rows = [
+        line.split("\t") for line in Path(result.folder, "imports.txt").read_text().splitlines()
+    ]
+    in_agent_threads = [row for row in rows if row[0].startswith("asyncio-agent")]
+    after_the_end = [row for row in rows if row[2] == "True"]
+    assert in_agent_threads == []
+    assert after_the_end == []
+
+
+# -- process-wide hooks belong to the installation -----------------------------------
+
+LIFECYCLE = """
+import atexit, os, sys
+
+import asyncio_agent
+import asyncio_agent.reporter, asyncio_agent.runtime, asyncio_agent.snapshot_dump
+import asyncio_agent.sinks.events, asyncio_agent.sinks.otel
+
+AGENT_DIR = os.path.dirname(asyncio_agent.__file__)
+MODE = sys.argv[1]
+
+
+def agent_code_run_by(action):
+    # Which of the agent's functions run during action(), by a profile hook.
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(AGENT_DIR):
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+if MODE == "installed":
+    asyncio_agent.install()
+elif MODE == "uninstalled":
+    asyncio_agent.install()
+    asyncio_agent.uninstall()
+print("at exit:", sorted(set(agent_code_run_by(atexit._run_exitfuncs))))
+"""
+
+
+@pytest.mark.parametrize("mode", ["imported", "installed", "uninstalled"])
+def test_process_wide_hooks_are_registered_by_install_and_undone_by_uninstall(
+    run: Runner, mode: str
+) -> None:
+    result = run(LIFECYCLE, agent=False, args=(mode,), env={"ASYNCIO_AGENT_OUTPUT": "stderr"})
+    assert result.returncode == 0, result.stderr
+    if mode == "installed":
+        expected = "at exit: ['_at_exit', 'at_exit', 'keep_keyboard_interrupt_exit_status']"
+    else:  # importing the modules registers nothing; uninstall unregisters
+        expected = "at exit: []"
+    assert result.stdout == expected + "\n"
+    assert result.stderr == ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DESTROYED, UNRETRIEVED, Run, Runner, line_of, needs
+from conftest import DESTROYED, SHAPE_314, UNRETRIEVED, Run, Runner, line_of, needs
 
 HAS_UVLOOP = sys.platform != "win32" and importlib.util.find_spec("uvloop") is not None
 needs_uvloop = pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not importable here")
@@ -527,7 +527,7 @@ def test_tasks_leaked_after_uninstall_are_not_reported_and_loops_are_plain_again
     assert result.returncode == 0, result.stderr
     for line in (
         "wrapped before: True",
-        "registry hooked before: True",
+        f"registry hooked before: {not SHAPE_314}",
         "installed: False",
         "registry hooked: False",
         "create_task wrapped: False asyncio.base_events",
@@ -543,6 +543,36 @@ def test_tasks_leaked_after_uninstall_are_not_reported_and_loops_are_plain_again
     assert event["task_name"] == "before"
     assert_site(event, source)
     assert result.cpython_counts() == (3, 0)
+
+
+@needs_uvloop
+def test_uninstall_restores_uvloop_and_its_tasks_are_no_longer_reported(run: Runner) -> None:
+    source = program(
+        """
+        import asyncio_agent, uvloop
+
+        def restored():
+            return all(
+                getattr(uvloop.Loop, name) is getattr(uvloop.loop.Loop, name)
+                and not hasattr(getattr(uvloop.Loop, name), "__wrapped__")
+                for name in ("create_task", "call_exception_handler")
+            )
+        print("patched before:", not restored())
+        uvloop.run(leak("before"))
+        asyncio_agent.uninstall()
+        print("restored:", restored())
+        own = [k for k in ("create_task", "call_exception_handler") if k in vars(uvloop.Loop)]
+        print("no attributes left:", own == [])
+        uvloop.run(leak("after"))
+        """
+    )
+    result = run(source)
+    assert result.returncode == 0, result.stderr
+    for line in ("patched before: True", "restored: True", "no attributes left: True"):
+        assert line in result.stdout.splitlines(), result.stdout
+    event = the_event(result)
+    assert event["task_name"] == "before"
+    assert result.cpython_counts() == (2, 0)
 
 
 CHILD = PRELUDE + "\nprint('child pid', os.getpid())\nasyncio.run(leak('in-child'))\n"

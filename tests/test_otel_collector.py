@@ -25,6 +25,10 @@ from typing import Any
 import pytest
 from conftest import DESTROYED, SITECUSTOMIZE_DIR, UNRETRIEVED, clean_environment
 
+BLOCKED = "asyncio.loop.blocked"
+"""Loop stalls: on a loaded machine a test program may stall; these tests are about lost
+tasks, blocking has its own tests (test_blocking, test_otel)."""
+
 pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra (pip install .[otlp])")
 
 PROTOCOLS = ["http/protobuf", "grpc"]
@@ -318,15 +322,19 @@ def test_collector_receives_anomaly_spans_inside_the_request_trace(
     service = f"signup-{uuid.uuid4().hex[:8]}"
     # opentelemetry-instrument: the distro sets the global providers from the
     # environment, and the agent's instrumentor entry point switches the agent on.
-    result = _run(
-        tmp_path, SIGNUP_SERVICE, _otel_env(collector, protocol, service), (str(instrument),)
-    )
+    env = _otel_env(collector, protocol, service)
+    # Not OpenTelemetry's own asyncio instrumentation (the otel-test extra installs it,
+    # and opentelemetry-instrument would load it): it wraps each coroutine, which CPython
+    # and the agent then name. test_otel covers the agent beside it.
+    env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "asyncio"
+    result = _run(tmp_path, SIGNUP_SERVICE, env, (str(instrument),))
     assert result.returncode == 0, result.stderr
 
     def complete(spans: list[Span], points: list[Point]) -> bool:
-        return len(spans) >= 3 and _anomaly_count(points) >= 2
+        return len([s for s in spans if s.name != BLOCKED]) >= 3 and _anomaly_count(points) >= 2
 
     spans, points = collector.received(service, complete)
+    spans = [span for span in spans if span.name != BLOCKED]  # a loaded machine's stalls
     names = sorted(span.name for span in spans)
     assert names == ["POST /signup", DESTROYED, UNRETRIEVED], collector.log.read_text()[-3000:]
     request = next(span for span in spans if span.name == "POST /signup")
@@ -377,9 +385,10 @@ def test_env_only_agent_delivers_root_anomaly_spans_and_counter(
     assert result.returncode == 0, result.stderr
 
     def complete(spans: list[Span], points: list[Point]) -> bool:
-        return len(spans) >= 2 and _anomaly_count(points) >= 2
+        return len([s for s in spans if s.name != BLOCKED]) >= 2 and _anomaly_count(points) >= 2
 
     spans, points = collector.received(service, complete)
+    spans = [span for span in spans if span.name != BLOCKED]  # a loaded machine's stalls
     assert sorted(span.name for span in spans) == [DESTROYED, UNRETRIEVED], (
         collector.log.read_text()[-3000:]
     )

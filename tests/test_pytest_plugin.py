@@ -6,6 +6,9 @@ and runs pytest on it in its own process, as a user would.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -121,14 +124,23 @@ def test_allow_marker_accepts_declared_losses_only(pytester: pytest.Pytester) ->
         @pytest.mark.asyncio_agent_allow(kind="destroyed_pending")
         def test_other_kind_still_fails():
             lose(boom)
+
+        @pytest.mark.asyncio_agent_allow(coroutine="other*")
+        def test_other_coroutine_still_fails():
+            lose(boom)
+
+        @pytest.mark.asyncio_agent_allow(kind="exception_unretrieved", coroutine="boom", count=2)
+        def test_all_three_filters_together():
+            lose(boom, boom)
         """,
         "--asyncio-agent",
     )
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=2, failed=3)
     result.stdout.fnmatch_lines_random(
         [
             "FAILED test_app.py::test_count_exceeded - asyncio-agent: 1 task(s) lost*",
             "FAILED test_app.py::test_other_kind_still_fails*",
+            "FAILED test_app.py::test_other_coroutine_still_fails*",
         ]
     )
 
@@ -230,3 +242,149 @@ def test_works_with_anyio(pytester: pytest.Pytester) -> None:
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*ValueError: lost in anyio"])
+
+
+# -- pytest with warnings as errors, the agent switched on before pytest starts --------
+
+STRICT_INI = """
+[pytest]
+asyncio_default_fixture_loop_scope = function
+filterwarnings =
+    error
+"""
+STRICT_INI_WITHOUT_PLUGINS = STRICT_INI.replace(
+    "asyncio_default_fixture_loop_scope = function\n", ""
+)
+
+
+def _switched_on(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, route: str
+) -> list[str]:
+    """Switch the agent on for pytest's process as a user would; the command to run."""
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("ASYNCIO_AGENT", "1")
+    monkeypatch.setenv("ASYNCIO_AGENT_OUTPUT", str(pytester.path / "events.jsonl"))
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    command = [sys.executable, "-m", "pytest"]
+    if route == "sitecustomize":
+        monkeypatch.setenv("PYTHONPATH", str(repo / "sitecustomize_example"))
+    elif route == "pth":
+        # A .pth line (or the user's own sitecustomize) with the autoinstall import.
+        site = pytester.mkdir("user_site")
+        (site / "sitecustomize.py").write_text("import asyncio_agent.autoinstall\n")
+        monkeypatch.setenv("PYTHONPATH", str(site))
+    else:  # opentelemetry-instrument loads the agent through its instrumentor entry point
+        instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+        if not instrument.exists():
+            pytest.skip("needs opentelemetry-instrumentation (the otel-test extra)")
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+        monkeypatch.setenv("OTEL_LOGS_EXPORTER", "none")
+        command = [str(instrument), *command]
+    return command
+
+
+@pytest.mark.parametrize("route", ["sitecustomize", "pth", "opentelemetry-instrument"])
+@pytest.mark.parametrize(
+    "plugin", ["autoloaded", "disabled with -p no:", "autoload disabled", "asked for"]
+)
+def test_pytest_with_warnings_as_errors_starts_whichever_way_the_agent_is_on(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, route: str, plugin: str
+) -> None:
+    # pytest marks the packages of every distribution with a pytest11 entry point for
+    # assertion rewriting, and warns when one is already imported: the start-up hook
+    # had imported asyncio_agent, so `filterwarnings = error` ended pytest at start-up.
+    command = _switched_on(pytester, monkeypatch, route)
+    ini = STRICT_INI
+    args = ["-p", "no:cacheprovider"]
+    if plugin == "disabled with -p no:":
+        args += ["-p", "no:asyncio_agent"]
+    elif plugin == "autoload disabled":
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+        ini = STRICT_INI_WITHOUT_PLUGINS  # pytest-asyncio's option would be unknown
+    elif plugin == "asked for":
+        args += ["--asyncio-agent"]
+    pytester.makeini(ini)
+    pytester.makepyfile(test_app=LEAKY_AND_CLEAN)
+    result = pytester.run(*command, *args, timeout=120)
+    output = result.stdout.str() + result.stderr.str()
+    assert "Warning" not in output, output
+    if plugin == "asked for":
+        result.assert_outcomes(passed=1, failed=1)
+        site = f"test_app.py:{_line(LEAKY_AND_CLEAN, '# SITE')} in "
+        assert (
+            site + ("main" if sys.version_info < (3, 11) else "test_loses_a_task.<locals>.main")
+            in output
+        )
+    else:
+        result.assert_outcomes(passed=2)
+
+
+def test_plugin_asked_for_by_name_when_autoload_is_disabled(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command = _switched_on(pytester, monkeypatch, "sitecustomize")
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makeini(STRICT_INI_WITHOUT_PLUGINS)
+    pytester.makepyfile(test_app=LEAKY_AND_CLEAN)
+    result = pytester.run(
+        *command,
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "asyncio_agent.pytest_plugin",
+        "--asyncio-agent",
+        timeout=120,
+    )
+    assert "Warning" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1, failed=1)
+
+
+BLOCKING = """
+import asyncio, time
+import pytest
+
+async def render():
+    time.sleep(0.6)  # BLOCK
+
+def test_blocks_its_loop():
+    async def main():
+        await asyncio.create_task(render())  # SITE
+    asyncio.run(main())
+
+@pytest.mark.asyncio_agent_allow(kind="blocked")
+def test_blocks_on_purpose():
+    asyncio.run(render())
+
+def test_never_blocks():
+    async def main():
+        await asyncio.sleep(0.3)
+    asyncio.run(main())
+"""
+
+
+def test_block_limit_fails_a_test_that_blocks_its_loop_with_the_blocking_line(
+    pytester: pytest.Pytester,
+) -> None:
+    plain = _run(pytester, BLOCKING, "--asyncio-agent")
+    plain.assert_outcomes(passed=3)  # opt-in: without a limit, blocking fails nothing
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--asyncio-agent", "--asyncio-agent-block-ms=200"
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*asyncio-agent: the event loop was blocked 1 time(s) for longer than 200 ms*",
+            "*blocked for * s in task 'Task-*' (coroutine render)",
+            f"*test_app.py:{_line(BLOCKING, '# BLOCK')} in render",
+            f"*task created at *test_app.py:{_line(BLOCKING, '# SITE')} in *main",
+            "FAILED test_app.py::test_blocks_its_loop*",
+        ]
+    )
+
+
+def test_block_limit_from_the_ini_file(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI + "asyncio_agent = true\nasyncio_agent_block_ms = 200\n")
+    pytester.makepyfile(test_app=BLOCKING)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)

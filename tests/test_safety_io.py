@@ -171,6 +171,7 @@ VALID = {
     ("SKIP_MODULES", "too_large"),
     ("DUMP_SIGNAL", "empty"),  # off
     ("SNAPSHOT_INTERVAL", "empty"),  # off, like DUMP_SIGNAL
+    ("STUCK_S", "empty"),  # off, like SNAPSHOT_INTERVAL
 }
 
 
@@ -349,3 +350,43 @@ def test_path_root_makes_creation_file_stack_and_traceback_relative(run: Runner)
     assert f'File "{folder}/app.py"' in event["traceback"]
     assert result.folder not in result.raw_events
     assert json.loads(result.raw_events.splitlines()[0])["creation_file"].startswith(folder)
+
+
+def test_redact_also_hides_notes_chained_groups_and_console_output(run: Runner) -> None:
+    # Another angle on the same promise: the console format, a note, an exception
+    # group (3.11+) and a syntax error's source line carry no secret either.
+    source = """
+    import asyncio, gc, sys
+    gc.disable()
+
+    async def boom():
+        # Secrets made at run time: source lines stay in tracebacks (code, not data).
+        password, mail, token = ("hunter2", "password"), ("ada", "example.com"), ("tok", "secret")
+        code = "password = '%s-%s' +" % password
+        try:
+            compile(code, "<secret>", "exec")
+        except SyntaxError as exc:
+            error = exc
+        if sys.version_info >= (3, 11):
+            error.add_note("note: token %s-%s-token" % token)
+            members = [error, KeyError("%s-%s-token" % token)]
+            raise ExceptionGroup("group for %s@%s" % mail, members)
+        raise RuntimeError("for %s@%s" % mail) from error
+
+    async def main():
+        asyncio.create_task(boom())
+        await asyncio.sleep(0)
+        gc.collect()
+
+    asyncio.run(main())
+    """
+    env = {
+        "ASYNCIO_AGENT_REDACT": "1",
+        "ASYNCIO_AGENT_OUTPUT": "stdout",
+        "ASYNCIO_AGENT_FORMAT": "console",
+    }
+    result = run(source, env=env, output_to_file=False)
+    assert "asyncio.task.exception_unretrieved" in result.stdout, result.stderr
+    for secret in ("hunter2-password", "ada@example.com", "tok-secret-token"):
+        assert secret not in result.stdout
+    assert "SyntaxError" in result.stdout  # the types stay

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 import pytest
-from asyncio_agent.speedups import compiled as compiled_speedups
+from asyncio_agent.interp.compiled import compiled as compiled_speedups
 from conftest import DESTROYED, PYTHON_PATH_ONLY, UNRETRIEVED, Run, Runner, line_of, needs
 
 HAS_UVLOOP = sys.platform != "win32" and importlib.util.find_spec("uvloop") is not None

@@ -17,7 +17,7 @@ import site
 import sys
 from typing import Any, Optional
 
-from ..speedups import status as hot_path_status
+from ..interp.compiled import status as hot_path_status
 
 
 def _version(distribution: str) -> Optional[str]:
@@ -102,10 +102,35 @@ def _output(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _capabilities() -> dict[str, Any]:
+    """What the seam (agent.interp) finds in this interpreter's asyncio."""
+    import asyncio.base_events
+    import asyncio.tasks
+
+    from ..interp.loops import keyword_only_signature
+    from ..interp.shape import SIMULATE_VARIABLE, probe, simulated
+
+    shape = probe(asyncio.tasks)
+    create_task = asyncio.base_events.BaseEventLoop.create_task
+    keywords = keyword_only_signature(getattr(create_task, "__wrapped__", create_task))
+    return {
+        "shape": shape.name,
+        "simulated": f"{SIMULATE_VARIABLE}={simulated()}" if simulated() else None,
+        "task_registry": (
+            f"asyncio.tasks.{shape.registry_name} (hookable: every task enters it)"
+            if shape.registry is not None
+            else "none the agent can hook: each task keeps its record as an attribute"
+        ),
+        "live_tasks": shape.live_tasks_source,
+        "live_tasks_complete": shape.complete,
+        "create_task_signature": (
+            f"(coro, *, {', '.join(keywords)})" if keywords else "other: forwarded untouched"
+        ),
+    }
+
+
 def _features() -> dict[str, Any]:
     import asyncio
-
-    from ..livetasks import registry_source
 
     uvloop_found = importlib.util.find_spec("uvloop") is not None
     return {
@@ -117,10 +142,20 @@ def _features() -> dict[str, Any]:
         "uvloop": _version("uvloop") if uvloop_found else None,
         "eager_tasks": hasattr(asyncio, "eager_task_factory"),
         "task_group": hasattr(asyncio, "TaskGroup"),
-        "live_task_registry": registry_source(),
+        "capabilities": _capabilities(),
         "structlog": _version("structlog"),
         "asyncio_debug_env": os.environ.get("PYTHONASYNCIODEBUG"),
     }
+
+
+def _never_awaited_hook(speedups: bool) -> str:
+    from ..interp.compiled import prelude_type
+
+    if not speedups:
+        return "Python twin of CPython's function (ASYNCIO_AGENT_SPEEDUPS=0)"
+    if prelude_type() is None:
+        return "Python twin of CPython's function (asyncio_agent.interp._prelude is not built)"
+    return "compiled prelude (asyncio_agent.interp._prelude)"
 
 
 def collect() -> dict[str, Any]:
@@ -128,6 +163,7 @@ def collect() -> dict[str, Any]:
     settings, warnings = _settings()
     features = _features()
     features["hot_path"] = hot_path_status(bool(settings.get("speedups", True)))
+    features["never_awaited_hook"] = _never_awaited_hook(bool(settings.get("speedups", True)))
     return {
         "agent_version": _version("asyncio-agent"),
         "activation": _activation(),
@@ -174,9 +210,20 @@ def render_text(facts: dict[str, Any]) -> str:
     lines.append(f"  uvloop               {features['uvloop'] or 'not importable'}")
     lines.append(f"  eager tasks          {_yes(features['eager_tasks'])}")
     lines.append(f"  TaskGroup            {_yes(features['task_group'])}")
-    lines.append(f"  live task registry   {features['live_task_registry']}")
+    capabilities = features["capabilities"]
+    lines.append(f"  asyncio shape        {capabilities['shape']}")
+    if capabilities["simulated"]:
+        lines.append(f"  simulated by         {capabilities['simulated']}")
+    lines.append(f"  task registry        {capabilities['task_registry']}")
+    complete = capabilities["live_tasks_complete"]
+    lines.append(
+        f"  live tasks           {'all' if complete else 'PENDING ONLY'}: "
+        f"{capabilities['live_tasks']}"
+    )
+    lines.append(f"  create_task          {capabilities['create_task_signature']}")
     lines.append(f"  structlog            {features['structlog'] or 'MISSING (required)'}")
     lines.append(f"  hot path             {features['hot_path']}")
+    lines.append(f"  never-awaited hook   {features['never_awaited_hook']}")
     if features["asyncio_debug_env"]:
         lines.append(f"  PYTHONASYNCIODEBUG   {features['asyncio_debug_env']} (slow: debug mode)")
     return "\n".join(lines) + "\n"

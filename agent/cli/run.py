@@ -14,21 +14,49 @@ from types import TracebackType
 from typing import Any, Optional
 
 # runpy's frames are named "<frozen runpy>" on 3.11+, where it is a frozen module.
-_OWN_FILES = frozenset(
-    {os.path.normcase(runpy.__file__), os.path.normcase(__file__), "<frozen runpy>"}
-)
+_RUNPY_FILES = frozenset({os.path.normcase(runpy.__file__), "<frozen runpy>"})
+_PACKAGE_DIR = os.path.normcase(os.path.dirname(os.path.dirname(__file__))) + os.sep
+
+
+_LAUNCHERS: set[str] = set()  # the console script, when it is what runs us
+
+
+def _is_launcher(filename: str) -> bool:
+    """Whether a frame of this file is runpy's or the agent's (the launcher's)."""
+    name = os.path.normcase(filename)
+    return name in _RUNPY_FILES or name.startswith(_PACKAGE_DIR) or name in _LAUNCHERS
 
 
 def _program_traceback(tb: Optional[TracebackType]) -> Optional[TracebackType]:
     # The program's traceback starts at its own first frame, as under `python script.py`.
-    while tb is not None and os.path.normcase(tb.tb_frame.f_code.co_filename) in _OWN_FILES:
+    while tb is not None and _is_launcher(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     return tb
+
+
+class _ProgramExceptHook:
+    """``sys.excepthook`` for one exception that leaves ``python -m asyncio_agent run``:
+    shows the program's traceback without the launcher's frames, as ``python`` would."""
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+
+    def __call__(self, kind: Any, value: BaseException, tb: Optional[TracebackType]) -> None:
+        sys.excepthook = self.original
+        tb = _program_traceback(tb)
+        self.original(kind, value.with_traceback(tb), tb)
 
 
 def _install(output: Optional[str], format: Optional[str]) -> None:
     from .. import runtime
     from ..config import load_settings
+    from ..sites import LAUNCHER_FILES
+
+    # The console script (bin/asyncio-agent) runs below every frame of the program.
+    launcher = sys.argv[0] if sys.argv else ""
+    if launcher and not _is_launcher(launcher):
+        LAUNCHER_FILES.add(launcher)
+        _LAUNCHERS.add(os.path.normcase(launcher))
 
     # runpy's frames sit above every frame of the program: never part of its stacks.
     skip = load_settings(os.environ).skip_modules
@@ -84,9 +112,14 @@ def run_program(
             return 1
         _print_uncaught(exc)
         return 1
+    except KeyboardInterrupt:
+        # Left to propagate: after an unhandled KeyboardInterrupt CPython itself ends
+        # the process by SIGINT (a shell sees an interrupted program, not status 130).
+        sys.excepthook = _ProgramExceptHook(sys.excepthook)
+        raise
     except BaseException as exc:
         _print_uncaught(exc)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+        return 1
     return 0
 
 

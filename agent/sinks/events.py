@@ -1,9 +1,10 @@
 """The structured-event sink: each Report as one structlog event (JSON line or console).
 
-Owns the event field names of the contract and the output stream. Runs in the reporter
-thread; imports structlog in ``warm_up()`` (when asyncio is imported) or on first use,
-never at exit. Never touches the application's structlog configuration: it builds its
-own logger with its own processors.
+Owns the event field names of the contract and the output stream. Writes in the reporter
+thread (or at exit) and never imports there: structlog is imported only by ``warm_up()``,
+when the program imports asyncio; until then events are written as the same JSON (or
+console) lines without it. Never touches the application's structlog configuration: it
+builds its own logger with its own processors.
 """
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ import contextlib
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Optional, TextIO
 
 from ..config import Settings
+from ..findings import NEVER_AWAITED, NeverAwaited, StuckTask, origin_site
 from ..notices import warn_once
 from ..privacy import PathRewriter
 from ..ratelimit import SUPPRESSED_EVENT
 from ..report import EXCEPTION_UNRETRIEVED, Report
 from ..sites import Site
+from ..stall import IN_CALLBACK, IN_TASK, Stall
 from ..tracing import hex_ids
+from .base import Sink
 
 DROPPED_EVENT = "asyncio.agent.reports_dropped"
 SNAPSHOT_EVENT = "asyncio.tasks.snapshot"
@@ -64,6 +67,94 @@ def report_fields(report: Report, paths: Optional[PathRewriter] = None) -> dict[
     return fields
 
 
+def _common_tail(fields: dict[str, Any], span: object, pid: int, thread: Any, stamp: float) -> None:
+    ids = hex_ids(span)
+    if ids is not None:
+        fields["trace_id"], fields["span_id"] = ids
+    fields["pid"] = pid
+    fields["thread"] = thread
+    fields["_timestamp"] = stamp
+
+
+def never_awaited_fields(
+    finding: NeverAwaited, paths: Optional[PathRewriter] = None
+) -> dict[str, Any]:
+    """The event fields of a never-awaited coroutine (without event, level, timestamp).
+
+    ``creation_*`` come from CPython's origin tracking (ASYNCIO_AGENT_COROUTINE_ORIGIN)
+    and are null without it; ``collected_*`` name the code that was running when the
+    coroutine was finalized, the line CPython's own warning points at.
+    """
+    paths = paths or _KEEP_PATHS
+    site = origin_site(finding.origin)
+    collected = finding.collected
+    fields: dict[str, Any] = {
+        "coroutine": finding.coroutine,
+        "creation_file": paths.path(site[0]) if site else None,
+        "creation_line": site[1] if site else None,
+        "creation_function": site[2] if site else None,
+        "creation_stack": paths.stack(list(site[3])) if site else [],
+        "collected_file": paths.path(collected[0]) if collected else None,
+        "collected_line": collected[1] if collected else None,
+        "collected_function": collected[2] if collected else None,
+        "garbage_collected": finding.garbage_collected,
+        "at_shutdown": finding.at_shutdown,
+    }
+    _common_tail(fields, finding.span, finding.pid, finding.thread, finding.timestamp)
+    return fields
+
+
+def stuck_fields(finding: StuckTask, paths: Optional[PathRewriter] = None) -> dict[str, Any]:
+    """The event fields of a stuck task (without event, level, timestamp)."""
+    paths = paths or _KEEP_PATHS
+    site = finding.site
+    fields: dict[str, Any] = {
+        "task_name": finding.task_name,
+        "coroutine": finding.coroutine,
+        "creation_file": paths.path(site.filename) if site else None,
+        "creation_line": site.lineno if site else None,
+        "creation_function": site.function if site else None,
+        "creation_stack": paths.stack(list(site.stack)) if site else [],
+        "task_age_s": round(finding.task_age_s, 3),
+        "awaiting": paths.stack(list(finding.awaiting)),
+        "siblings": finding.siblings,
+        "siblings_median_age_s": round(finding.siblings_median_age_s, 3),
+        "also_stuck": finding.also_stuck,
+    }
+    _common_tail(fields, finding.span, finding.pid, finding.thread, finding.timestamp)
+    return fields
+
+
+def stall_fields(stall: Stall, paths: Optional[PathRewriter] = None) -> dict[str, Any]:
+    """The ``asyncio.loop.blocked`` event fields for ``stall`` (without event, level,
+    timestamp): task fields only when a task was running, ``callback`` only when a
+    plain callback was."""
+    paths = paths or _KEEP_PATHS
+    fields: dict[str, Any] = {
+        "duration_s": round(stall.duration_s, 6),
+        "threshold_s": stall.threshold_s,
+        "blocked_in": stall.blocked_in,
+        "blocking_stack": paths.stack(list(stall.blocking_stack)),
+    }
+    if stall.blocked_in == IN_TASK:
+        site = stall.site
+        fields["task_name"] = stall.task_name
+        fields["coroutine"] = stall.coroutine
+        fields["creation_file"] = paths.path(site.filename) if site else None
+        fields["creation_line"] = site.lineno if site else None
+        fields["creation_function"] = site.function if site else None
+        fields["creation_stack"] = paths.stack(list(site.stack)) if site else []
+        ids = hex_ids(stall.span)
+        if ids is not None:  # the span current where the blocked task was created
+            fields["trace_id"], fields["span_id"] = ids
+    elif stall.blocked_in == IN_CALLBACK:
+        fields["callback"] = stall.callback
+    fields["loop_thread"] = stall.loop_thread
+    fields["pid"] = stall.pid
+    fields["_timestamp"] = stall.timestamp
+    return fields
+
+
 def _iso_utc(epoch: float) -> str:
     # time.strftime, not datetime: datetime's strftime imports a module on first use,
     # and reports written during interpreter teardown can no longer import.
@@ -86,13 +177,22 @@ def _leading_keys_first(_logger: Any, _method: str, event_dict: dict[str, Any]) 
 
 
 def _console_blocks(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """Move the stack and traceback below the line, where ConsoleRenderer prints text."""
+    """Move the stacks and traceback below the line, where ConsoleRenderer prints text."""
     stack = event_dict.pop("creation_stack", None) or []
+    awaiting = event_dict.pop("awaiting", None) or []
     text = event_dict.pop("traceback", None)
+    blocking = event_dict.pop("blocking_stack", None) or []
     block = ""
+    if blocking:
+        block += "Loop blocked at (most recent call last):\n"
+        block += "".join(f"  {frame}\n" for frame in blocking)
     if stack:
-        block += "Task created at (most recent call last):\n"
+        what = "Coroutine" if event_dict.get("event") == NEVER_AWAITED else "Task"
+        block += f"{what} created at (most recent call last):\n"
         block += "".join(f"  {frame}\n" for frame in stack)
+    if awaiting:
+        block += "Awaiting (outermost first):\n"
+        block += "".join(f"  {frame}\n" for frame in awaiting)
     if text:
         block += text
     if block:
@@ -100,44 +200,28 @@ def _console_blocks(_logger: Any, _method: str, event_dict: dict[str, Any]) -> d
     return event_dict
 
 
-class _ImportGuard:
-    """Keeps ``os.fork()`` from copying a half-imported structlog into the child.
+class _PlainLogger:
+    """Stands in for structlog while it is not loaded (before the program imports
+    asyncio, and at exit): the same fields in the same order, imports nothing."""
 
-    The reporter thread imports structlog lazily; a fork in another thread during that
-    import would leave the child a partial module. Fork waits for the import instead.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-
-    def before_fork(self) -> None:
-        self.lock.acquire()
-
-    def after_fork_in_parent(self) -> None:
-        self.lock.release()
-
-    def after_fork_in_child(self) -> None:
-        self.lock = threading.Lock()
-
-
-_import_guard = _ImportGuard()
-os.register_at_fork(
-    before=_import_guard.before_fork,
-    after_in_parent=_import_guard.after_fork_in_parent,
-    after_in_child=_import_guard.after_fork_in_child,
-)
-
-
-class _PlainJsonLogger:
-    """Stands in for structlog at exit: the same fields and order, as one JSON line."""
-
-    def __init__(self, write: Callable[[str], None]) -> None:
+    def __init__(self, write: Callable[[str], None], console: bool) -> None:
         self._write = write
+        self._console = console
 
     def _log(self, level: str, event: str, **fields: Any) -> None:
         event_dict = {**fields, "event": event, "level": level}
         event_dict = _leading_keys_first(None, level, _add_timestamp(None, level, event_dict))
-        self._write(json.dumps(event_dict, default=repr) + "\n")
+        if not self._console:
+            self._write(json.dumps(event_dict, default=repr) + "\n")
+            return
+        block = _console_blocks(None, level, event_dict).pop("exception", "")
+        head = f"{event_dict.pop('timestamp')} [{event_dict.pop('level'):<9}] "
+        head += f"{event_dict.pop('event'):<30}"
+        pairs = " ".join(
+            f"{key}={value if isinstance(value, str) else repr(value)}"
+            for key, value in event_dict.items()
+        )
+        self._write(f"{head} {pairs}".rstrip() + "\n" + block)
 
     def error(self, event: str, **fields: Any) -> None:
         self._log("error", event, **fields)
@@ -161,7 +245,7 @@ class _LineWriter:
     error = warning = info = debug = critical = msg
 
 
-class EventSink:
+class EventSink(Sink):
     """Writes each Report as a structlog event to stderr, stdout or a file."""
 
     def __init__(self, settings: Settings) -> None:
@@ -189,7 +273,8 @@ class EventSink:
                 self._stream_name = "stderr"
             else:
                 self._format = "json"  # a file is always JSON lines
-        self._logger: Any = None
+        self._logger: Any = None  # structlog's, once built (never on the output path)
+        self._plain = _PlainLogger(self._write_line, console=self._format == "console")
 
     @property
     def description(self) -> str:
@@ -268,49 +353,61 @@ class EventSink:
             )
 
     def warm_up(self) -> None:
-        """Import structlog and build the logger now (called when asyncio is imported)."""
-        self._bound_logger()
+        """Import structlog and build the logger now.
+
+        Called when the program imports asyncio (in the importing thread, before any task
+        exists) and when structlog finishes importing. The only place structlog is ever
+        imported: writing an event never imports anything, since an import there can
+        re-enter the agent (structlog imports asyncio, whose import hook calls this).
+        """
+        if self._logger is not None:
+            return
+        try:
+            import structlog
+
+            self._logger = self._build_logger(structlog)
+        except Exception:
+            # Not installed, or still being imported (structlog's own import imports
+            # asyncio, which brings us here): events stay plain until it is complete.
+            pass
 
     def prepare(self) -> None:
         """Get ready for reports written during interpreter exit, importing nothing.
 
-        If structlog is loaded, the logger is built now. If not, later events are
-        rendered as plain JSON lines: importing at exit fails once teardown starts, and
-        even before that it can change the exit status (importing ``dataclasses`` or
-        ``platform`` in an exit handler turns an unhandled KeyboardInterrupt's -2 into 1).
+        If structlog is loaded, its logger is built now; if not, later events are plain
+        JSON lines (or console lines), the same fields in the same order.
         """
-        if self._logger is not None:
-            return
-        if "structlog" in sys.modules:
-            self._bound_logger()
+        structlog = sys.modules.get("structlog")
+        if self._logger is None and structlog is not None:
+            try:
+                self._logger = self._build_logger(structlog)
+            except Exception:
+                pass
+
+    def _logger_now(self) -> Any:
+        logger = self._logger
+        return logger if logger is not None else self._plain
+
+    def _build_logger(self, structlog: Any) -> Any:
+        renderer: Any
+        if self._format == "console":
+            stream = self._stream()
+            colors = bool(stream is not None and stream.isatty())
+            renderer = structlog.dev.ConsoleRenderer(colors=colors)
+            processors: list[Any] = [
+                structlog.processors.add_log_level,
+                _add_timestamp,
+                _console_blocks,
+                renderer,
+            ]
         else:
-            self._logger = _PlainJsonLogger(self._write_line)
-
-    def _bound_logger(self) -> Any:
-        if self._logger is None:
-            with _import_guard.lock:
-                import structlog
-
-            renderer: Any
-            if self._format == "console":
-                stream = self._stream()
-                colors = bool(stream is not None and stream.isatty())
-                renderer = structlog.dev.ConsoleRenderer(colors=colors)
-                processors: list[Any] = [
-                    structlog.processors.add_log_level,
-                    _add_timestamp,
-                    _console_blocks,
-                    renderer,
-                ]
-            else:
-                processors = [
-                    structlog.processors.add_log_level,
-                    _add_timestamp,
-                    _leading_keys_first,
-                    structlog.processors.JSONRenderer(),
-                ]
-            self._logger = structlog.BoundLogger(_LineWriter(self._write_line), processors, {})
-        return self._logger
+            processors = [
+                structlog.processors.add_log_level,
+                _add_timestamp,
+                _leading_keys_first,
+                structlog.processors.JSONRenderer(),
+            ]
+        return structlog.BoundLogger(_LineWriter(self._write_line), processors, {})
 
     def close(self) -> None:
         """Close the output file, if there is one (used by uninstall)."""
@@ -323,30 +420,47 @@ class EventSink:
 
     def emit(self, report: Report) -> None:
         """Write ``report`` as one event named after its kind."""
-        self._bound_logger().error(report.kind, **report_fields(report, self._paths))
+        self._logger_now().error(report.kind, **report_fields(report, self._paths))
+
+    def emit_never_awaited(self, finding: NeverAwaited) -> None:
+        """Write one ``asyncio.coroutine.never_awaited`` event."""
+        self._logger_now().error(finding.kind, **never_awaited_fields(finding, self._paths))
+
+    def emit_stuck(self, finding: StuckTask) -> None:
+        """Write one ``asyncio.task.stuck`` event (a warning: it may yet finish)."""
+        self._logger_now().warning(finding.kind, **stuck_fields(finding, self._paths))
+
+    def emit_blocked(self, stall: Stall) -> None:
+        """Write one ``asyncio.loop.blocked`` event (a warning: the loop froze, nothing
+        was lost)."""
+        self._logger_now().warning(stall.kind, **stall_fields(stall, self._paths))
 
     def emit_dropped(self, count: int) -> None:
         """Write one ``asyncio.agent.reports_dropped`` event."""
-        self._bound_logger().warning(DROPPED_EVENT, count=count, pid=os.getpid())
+        self._logger_now().warning(DROPPED_EVENT, count=count, pid=os.getpid())
 
     def emit_snapshot(self, fields: dict[str, Any], growing: list[dict[str, Any]]) -> None:
         """Write one ``asyncio.tasks.snapshot`` event (live tasks by site, see
         :mod:`asyncio_agent.snapshot`), then ``asyncio.tasks.growing`` if some sites keep
         growing."""
-        logger = self._bound_logger()
+        logger = self._logger_now()
         logger.info(SNAPSHOT_EVENT, **fields, growing=growing)
         if growing:
             logger.warning(GROWING_EVENT, sites=growing, pid=fields.get("pid"))
 
-    def emit_suppressed(self, site: Optional[Site], kind: str, count: int) -> None:
+    def emit_suppressed(
+        self, site: Optional[Site], kind: str, count: int, at_shutdown: bool = False
+    ) -> None:
         """Write one ``asyncio.agent.reports_suppressed`` event: ``count`` reports of
-        ``kind`` from ``site`` held back by the rate limit."""
-        self._bound_logger().warning(
+        ``kind`` from ``site`` held back by the rate limit (each one a report CPython
+        made, like a written event)."""
+        self._logger_now().warning(
             SUPPRESSED_EVENT,
             count=count,
             suppressed_event=kind,
             creation_file=self._paths.path(site.filename) if site else None,
             creation_line=site.lineno if site else None,
             creation_function=site.function if site else None,
+            at_shutdown=at_shutdown,
             pid=os.getpid(),
         )

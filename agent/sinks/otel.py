@@ -11,17 +11,27 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple, Optional
 
 from .. import otelenv
+from ..findings import NeverAwaited, StuckTask, origin_site
 from ..notices import warn_once
 from ..report import EXCEPTION_UNRETRIEVED, Report
+from ..sites import Site
+from ..stall import BLOCKED, IN_CALLBACK, IN_TASK, Stall
 from ..tracing import is_real_provider, unpack
+from .base import Sink
 
 SCOPE = "asyncio-agent"
 ANOMALIES_METRIC = "asyncio.task.anomalies"
 LIVE_METRIC = "asyncio.task.live"
+LIVE_SCOPE_ATTRIBUTE = "asyncio.tasks.listed"
+"""On the live-task gauge: ``all`` (every task not yet collected) or ``pending``."""
+BLOCKED_METRIC = "asyncio.loop.blocked.duration"
+BLOCKED_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Histogram bucket boundaries (seconds) for loop stalls (the SDK's default ones are
+meant for milliseconds)."""
 MAX_SITE_VALUES = 100
 """Distinct creation sites given their own metric attribute value; the rest are ``other``."""
 OTHER_SITE = "other"
@@ -50,21 +60,86 @@ def span_attributes(report: Report) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _live_task_count() -> int:
-    # Tasks the process still holds (not yet garbage-collected), all loops and threads:
-    # the sizes of asyncio's own registries, read when the metric is collected, so
-    # task creation does no counting work at all.
-    tasks = sys.modules.get("asyncio.tasks")
-    count = 0
-    # 3.12+: _scheduled_tasks and _eager_tasks; 3.10 and 3.11: _all_tasks.
-    for name in ("_scheduled_tasks", "_eager_tasks", "_all_tasks"):
-        registry = getattr(tasks, name, None)
-        if registry is not None:
-            try:
-                count += len(registry)
-            except Exception:
-                pass
-    return count
+def _clean(values: dict[str, Any]) -> dict[str, Any]:
+    # OpenTelemetry rejects None attribute values (with a log line each).
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def never_awaited_attributes(finding: NeverAwaited) -> dict[str, Any]:
+    """Span attributes of a never-awaited coroutine: ``code.*`` is where it was created
+    (when origin tracking knows it), ``asyncio.coroutine.collected_at`` where it died."""
+    site = origin_site(finding.origin)
+    collected = finding.collected
+    return _clean(
+        {
+            "code.filepath": site[0] if site else None,
+            "code.lineno": site[1] if site else None,
+            "code.function": site[2] if site else None,
+            "code.stacktrace": "\n".join(site[3]) if site else None,
+            "asyncio.coroutine": finding.coroutine,
+            "asyncio.coroutine.collected_at": (
+                f"{collected[0]}:{collected[1]} in {collected[2]}" if collected else None
+            ),
+            "asyncio.at_shutdown": finding.at_shutdown,
+            "thread.name": finding.thread,
+            "process.pid": finding.pid,
+        }
+    )
+
+
+def stuck_attributes(finding: StuckTask) -> dict[str, Any]:
+    """Span attributes of a stuck task."""
+    site = finding.site
+    return _clean(
+        {
+            "code.filepath": site.filename if site else None,
+            "code.lineno": site.lineno if site else None,
+            "code.function": site.function if site else None,
+            "code.stacktrace": "\n".join(site.stack) if site else None,
+            "asyncio.task.name": finding.task_name,
+            "asyncio.task.coroutine": finding.coroutine,
+            "asyncio.task.age_s": finding.task_age_s,
+            "asyncio.task.awaiting": "\n".join(finding.awaiting) or None,
+            "asyncio.task.siblings": finding.siblings,
+            "asyncio.task.siblings_median_age_s": finding.siblings_median_age_s,
+            "thread.name": finding.thread,
+            "process.pid": finding.pid,
+        }
+    )
+
+
+class _SpanData(NamedTuple):
+    """What one anomaly span is made of."""
+
+    kind: str
+    packed_span: object  # the ids of the span current at creation (agent.tracing.pack)
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    description: str
+    exception: Optional[dict[str, Any]] = None
+
+
+def stall_attributes(stall: Stall) -> dict[str, Any]:
+    """The span attributes for a loop stall: the blocked task's ``code.*`` creation site
+    and ``asyncio.*`` names, or the callback, and the sampled stack."""
+    site = stall.site if stall.blocked_in == IN_TASK else None
+    values: dict[str, Any] = {
+        "asyncio.loop.blocked_s": round(stall.duration_s, 6),
+        "asyncio.loop.threshold_s": stall.threshold_s,
+        "asyncio.loop.blocked_in": stall.blocked_in,
+        "asyncio.loop.blocking_stack": "\n".join(stall.blocking_stack) or None,
+        "asyncio.loop.callback": stall.callback if stall.blocked_in == IN_CALLBACK else None,
+        "code.filepath": site.filename if site else None,
+        "code.lineno": site.lineno if site else None,
+        "code.function": site.function if site else None,
+        "code.stacktrace": "\n".join(site.stack) if site else None,
+        "asyncio.task.name": stall.task_name,
+        "asyncio.task.coroutine": stall.coroutine,
+        "thread.name": stall.loop_thread,
+        "process.pid": stall.pid,
+    }
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _is_real_meter_provider(provider: object) -> bool:
@@ -72,7 +147,7 @@ def _is_real_meter_provider(provider: object) -> bool:
     return provider is not None and name not in ("_ProxyMeterProvider", "NoOpMeterProvider")
 
 
-class OtelSink:
+class OtelSink(Sink):
     """Emits anomalies as spans and metrics through the application's or its own providers."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
@@ -88,6 +163,8 @@ class OtelSink:
         self._meter_resolved = False
         self._counter: Any = None
         self._sites: dict[str, str] = {}
+        self._histogram: Any = None  # loop stall durations
+        self._blocked_sites: dict[str, str] = {}
         self._unflushed = False
         self._closed = False
         self._started = False
@@ -96,9 +173,9 @@ class OtelSink:
         self._problems = otelenv.ExportProblems()
         self._bounded = otelenv.BoundedRunner()
         self.delivery = otelenv.SpanDelivery()
-        self.dropped_after_close = 0
-        self.skipped_spans = 0
-        """Anomaly spans not made because the exporter was stuck in an earlier call."""
+        self.live_tasks: Callable[[], tuple[int, bool]] = lambda: (0, True)
+        """How many tasks are alive, and whether that is all of them (set by the
+        installation: agent.interp knows how to count them here)."""
 
     # -- when to wake up -----------------------------------------------------------
 
@@ -234,40 +311,85 @@ class OtelSink:
             ANOMALIES_METRIC,
             unit="{task}",
             description="Tasks CPython reported as destroyed pending or with an "
-            "exception never retrieved",
+            "exception never retrieved, coroutines never awaited, and stuck tasks",
         )
 
+        description = "How long event loops were blocked, by what ran (creation site)"
+        try:  # bucket boundaries in seconds where the API takes advice (1.23+)
+            self._histogram = meter.create_histogram(
+                BLOCKED_METRIC,
+                unit="s",
+                description=description,
+                explicit_bucket_boundaries_advisory=list(BLOCKED_BUCKETS),
+            )
+        except TypeError:
+            self._histogram = meter.create_histogram(
+                BLOCKED_METRIC, unit="s", description=description
+            )
+
         def observe_live(_options: Any) -> Iterator[Any]:
-            yield observation(_live_task_count())
+            count, complete = self.live_tasks()
+            # Where the interpreter lists only pending tasks (3.14+), the value says so.
+            yield observation(count, {LIVE_SCOPE_ATTRIBUTE: "all" if complete else "pending"})
 
         meter.create_observable_gauge(
             LIVE_METRIC,
             callbacks=[observe_live],
             unit="{task}",
-            description="asyncio tasks alive in the process (not yet garbage-collected)",
+            description="asyncio tasks alive in the process (not yet garbage-collected); "
+            f"{LIVE_SCOPE_ATTRIBUTE}=pending where only pending tasks can be listed",
         )
 
     # -- reports ---------------------------------------------------------------------
 
     def emit(self, report: Report) -> None:
-        """Record ``report`` as one span and one counter increment."""
-        if self._closed:
-            self.dropped_after_close += 1
-            return
-        if not self._wanted():
+        """Record ``report`` as one span (over the task's life) and one counter increment."""
+        end_ns = int(report.timestamp * 1e9)
+        age = report.task_age_s
+        exception: Optional[dict[str, Any]] = None
+        if report.kind == EXCEPTION_UNRETRIEVED:
+            description = f"{report.exception_type}: {report.exception_message}"
+            exception = {
+                "exception.type": report.exception_type,
+                "exception.message": report.exception_message,
+                "exception.stacktrace": report.traceback_text(),
+            }
+        else:
+            description = "Task was destroyed but it is pending!"
+        data = _SpanData(
+            report.kind,
+            report.span,
+            end_ns - int(age * 1e9) if age is not None else end_ns,  # the task's life
+            end_ns,
+            span_attributes(report),
+            description,
+            exception,
+        )
+        self._record(data, report.site, report.at_shutdown)
+
+    def _record(self, data: _SpanData, site: Optional[Site], at_shutdown: bool) -> None:
+        """One ERROR span (a child of the span current at creation, if known) and one
+        count in the anomalies metric: what every kind of report and finding becomes."""
+
+        def count() -> None:
+            if self._counter is not None:
+                self._counter.add(1, self._metric_attributes(site, data.kind, at_shutdown))
+
+        self._record_span(data, count)
+
+    def _record_span(self, data: _SpanData, measure: Callable[[], None]) -> None:
+        """The span of :meth:`_record`, then ``measure()`` (its metric), under the lock."""
+        if self._closed or not self._wanted():
             return
         with self._lock:
             tracer = self._resolve()
-            if tracer is not None:
-                if self._stuck and self._bounded.busy():
-                    # The exporter is still inside a call that missed its deadline.
-                    self.skipped_spans += 1
-                else:
-                    self._end_span_bounded(tracer, report)
-            if self._counter is not None:
-                self._counter.add(1, self._metric_attributes(report))
+            # While the exporter is still inside a call that missed its deadline, the
+            # span is skipped (said once, when it got stuck); the event is written.
+            if tracer is not None and not (self._stuck and self._bounded.busy()):
+                self._end_span_bounded(lambda: self._span(tracer, data))
+            measure()
 
-    def _end_span_bounded(self, tracer: Any, report: Report) -> None:
+    def _end_span_bounded(self, make_span: Callable[[], None]) -> None:
         # The application's span processor may export inside span.end() (a
         # SimpleSpanProcessor): end the span in the export helper thread, so an exporter
         # that never returns holds up the anomaly spans, never the reporter's events.
@@ -275,7 +397,7 @@ class OtelSink:
 
         def end_span() -> None:
             try:
-                self._span(tracer, report)
+                make_span()
             except Exception as exc:
                 failed.append(exc)
 
@@ -296,50 +418,27 @@ class OtelSink:
                 f"(pid {os.getpid()})",
             )
 
-    def _span(self, tracer: Any, report: Report) -> None:
-        from opentelemetry import context, trace
+    def _span(self, tracer: Any, data: _SpanData) -> None:
+        from opentelemetry import trace
 
-        ids = unpack(report.span)
-        if ids is None:
-            parent = context.Context()  # no span was current at creation: a root span
-        else:
-            trace_id, span_id, sampled = ids
-            remembered = trace.SpanContext(
-                trace_id=trace_id,
-                span_id=span_id,
-                is_remote=False,
-                trace_flags=trace.TraceFlags(1 if sampled else 0),
-            )
-            parent = trace.set_span_in_context(trace.NonRecordingSpan(remembered))
-        end_ns = int(report.timestamp * 1e9)
-        age = report.task_age_s
-        # The span covers the task's life: from its creation to the report.
-        start_ns = end_ns - int(age * 1e9) if age is not None else end_ns
         span = tracer.start_span(
-            report.kind,
-            context=parent,
-            attributes=span_attributes(report),
-            start_time=start_ns,
+            data.kind,
+            context=self._parent(data.packed_span),
+            attributes=data.attributes,
+            start_time=data.start_ns,
         )
-        if report.kind == EXCEPTION_UNRETRIEVED:
-            description = f"{report.exception_type}: {report.exception_message}"
-            event: dict[str, Any] = {
-                "exception.type": report.exception_type,
-                "exception.message": report.exception_message,
-                "exception.stacktrace": report.traceback_text(),
-            }
+        if data.exception is not None:
             span.add_event(
                 "exception",
-                {key: value for key, value in event.items() if value is not None},
-                timestamp=end_ns,
+                {key: value for key, value in data.exception.items() if value is not None},
+                timestamp=data.end_ns,
             )
-        else:
-            description = "Task was destroyed but it is pending!"
-        span.set_status(trace.Status(trace.StatusCode.ERROR, description))
-        span.end(end_time=end_ns)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, data.description))
+        span.end(end_time=data.end_ns)
 
-    def _metric_attributes(self, report: Report) -> dict[str, Any]:
-        site = report.site
+    def _metric_attributes(
+        self, site: Optional[Site], kind: str, at_shutdown: bool
+    ) -> dict[str, Any]:
         key = f"{site.filename}:{site.lineno}" if site else "unknown"
         value = self._sites.get(key)
         if value is None:
@@ -347,13 +446,102 @@ class OtelSink:
             if value != OTHER_SITE:
                 self._sites[key] = value
         return {
-            "asyncio.event": report.kind,
+            "asyncio.event": kind,
             "asyncio.task.site": value,
-            "asyncio.at_shutdown": report.at_shutdown,
+            "asyncio.at_shutdown": at_shutdown,
         }
 
-    def emit_dropped(self, count: int) -> None:
-        """Dropped reports are already said by the event sink."""
+    def emit_never_awaited(self, finding: NeverAwaited) -> None:
+        """One ERROR span (in the trace current where the coroutine was created, when
+        known; else a root span) and one count in the anomalies metric."""
+        end_ns = int(finding.timestamp * 1e9)
+        data = _SpanData(
+            finding.kind,
+            finding.span,
+            end_ns,
+            end_ns,
+            never_awaited_attributes(finding),
+            f"coroutine '{finding.coroutine}' was never awaited",
+        )
+        self._record(data, finding.site, finding.at_shutdown)
+
+    def emit_stuck(self, finding: StuckTask) -> None:
+        """One ERROR span from the task's creation to the check (in the trace that
+        created it) and one count in the anomalies metric."""
+        end_ns = int(finding.timestamp * 1e9)
+        data = _SpanData(
+            finding.kind,
+            finding.span,
+            end_ns - int(finding.task_age_s * 1e9),
+            end_ns,
+            stuck_attributes(finding),
+            f"pending for {finding.task_age_s:.0f} s, far longer than its "
+            f"{finding.siblings} sibling(s) (median {finding.siblings_median_age_s:.3g} s)",
+        )
+        self._record(data, finding.site, at_shutdown=False)
+
+    @staticmethod
+    def _parent(packed_span: object) -> Any:
+        from opentelemetry import context, trace
+
+        ids = unpack(packed_span)
+        if ids is None:
+            return context.Context()  # no span known at creation: a root span
+        trace_id, span_id, sampled = ids
+        remembered = trace.SpanContext(
+            trace_id=trace_id,
+            span_id=span_id,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(1 if sampled else 0),
+        )
+        return trace.set_span_in_context(trace.NonRecordingSpan(remembered))
+
+    def emit_blocked(self, stall: Stall) -> None:
+        """A loop stall: one ERROR span over the stall (in the trace of the blocked task's
+        creator, when a task was running) and one value of the duration histogram."""
+        end_ns = int(stall.timestamp * 1e9)
+        data = _SpanData(
+            stall.kind,
+            stall.span,
+            end_ns - int(stall.duration_s * 1e9),
+            end_ns,
+            stall_attributes(stall),
+            f"event loop blocked for {stall.duration_s:.3f} s",
+        )
+
+        def measure() -> None:
+            if self._histogram is not None:
+                self._histogram.record(stall.duration_s, self._stall_metric_attributes(stall))
+
+        self._record_span(data, measure)
+
+    def _stall_metric_attributes(self, stall: Stall) -> dict[str, Any]:
+        site = stall.site if stall.blocked_in == IN_TASK else None
+        if site is not None:
+            key = f"{site.filename}:{site.lineno}"
+        elif stall.blocked_in == IN_CALLBACK:
+            key = f"callback {stall.callback}"
+        else:
+            key = stall.blocked_in
+        value = self._blocked_sites.get(key)
+        if value is None:
+            value = key if len(self._blocked_sites) < MAX_SITE_VALUES else OTHER_SITE
+            if value != OTHER_SITE:
+                self._blocked_sites[key] = value
+        return {"asyncio.loop.blocked_in": stall.blocked_in, "asyncio.task.site": value}
+
+    def emit_suppressed(
+        self, site: Optional[Site], kind: str, count: int, at_shutdown: bool = False
+    ) -> None:
+        """Count reports the rate limit held back in the anomalies metric (no spans).
+
+        Held-back loop stalls have no duration to record: the event sink counts them."""
+        if self._closed or not self._wanted() or kind == BLOCKED:
+            return
+        with self._lock:
+            self._resolve()
+            if self._counter is not None:
+                self._counter.add(count, self._metric_attributes(site, kind, at_shutdown))
 
     # -- flush and exit ----------------------------------------------------------------
 
@@ -400,6 +588,7 @@ class OtelSink:
                         pass
 
             finished = self._bounded.run(shutdown, left) and finished
+            self._problems.detach()
         self._say_lost(finished, budget)
 
     def _say_lost(self, finished: bool, budget: float) -> None:

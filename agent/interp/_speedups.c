@@ -1,18 +1,24 @@
 /* The agent's per-task hot path in C (optional; agent/sites.py and agent/hooks.py hold
  * the Python version it mirrors, used whenever this module is absent or switched off).
+ * Part of the seam for interpreter internals (agent/interp/): it reads CPython's frame
+ * records. It receives every name and constant it shares with Python as an argument
+ * (agent/interp/compiled.py builds it); it looks nothing up by name.
  *
- * Four types:
+ * Types and functions:
  *   Table()
  *       the record table of the compiled path: id(task) -> record, both kept as plain
  *       machine words in one open-addressing array (agent/records.py says why).
- *   Recorder(internal_ids, slow, table, flags, attr, maintenance)
- *       the site cache of one SiteRecorder; record_task(task) as a call, and the
- *       span_probe the wrappers consult.
+ *   Recorder(internal_ids, slow, table, attr, maintenance, time_bits, span_attr)
+ *       the site cache of one SiteRecorder; record_task(task) as a call, the span_probe
+ *       the wrappers consult, and use_table (records go to `table`, else to `attr`).
  *   CreateTask(original, recorder)
  *       the patched `create_task` of a loop class: calls `original` with the very
  *       arguments it got, then records; adds no Python frame to the stack.
  *   RegistryAdd(table, add)(task)
  *       the wrapper of asyncio's task registry `add` (agent/records.py).
+ *   frame_chain(depth)
+ *       (code, f_lasti) of the caller's frames as this module's walk sees them: the
+ *       check at import that the walk agrees with sys._getframe on this interpreter.
  *
  * Why it is fast: the walk reads CPython's own frame records (no frame object is made
  * for asyncio.create_task's frame, which is new each time), internal code objects are
@@ -31,10 +37,14 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
+#include <structmember.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
+#if !defined(__linux__)
+#error "built on Linux only: task ages use CLOCK_MONOTONIC, which is time.monotonic() there"
+#endif
 #if PY_VERSION_HEX < 0x030A0000 || PY_VERSION_HEX >= 0x030E0000
 #error "built for Python 3.10 to 3.13 only (the agent runs its Python path elsewhere)"
 #endif
@@ -174,8 +184,6 @@ monotonic_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static PyObject *str_registry_hooked; /* "registry_hooked" */
-static PyObject *str_span_attr;       /* "_asyncio_agent_span" */
 
 /* The task that registered last (RegistryAdd), compared by address only and never
  * dereferenced: create_task's task registered iff it is this one. */
@@ -212,7 +220,7 @@ static PyObject *last_registered = NULL;
 
 typedef struct {
     uintptr_t key;             /* the task's address; 0: free */
-    unsigned long long record; /* (site index << TIME_BITS) | creation millisecond */
+    unsigned long long record; /* (site index << time_bits) | creation millisecond */
 } Entry;
 
 #define TABLE_MIN_CAPACITY 1024 /* entries; a power of 2 */
@@ -726,7 +734,7 @@ static PyMappingMethods Table_as_mapping = {
 
 static PyTypeObject TableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "asyncio_agent._speedups.Table",
+    .tp_name = "asyncio_agent.interp._speedups.Table",
     .tp_doc = PyDoc_STR("Table(): id(task) -> record (ints below 2**64-1) in one "
                         "open-addressing array; the record table of the compiled path."),
     .tp_basicsize = sizeof(Table),
@@ -746,9 +754,8 @@ static PyTypeObject TableType = {
 #define SLOTS 256         /* (site, caller) pairs served without a miss; a power of 2 */
 #define INTERNAL_CODES 32 /* internal code objects remembered without a set lookup */
 
-/* Records are (site index << TIME_BITS) | creation millisecond, as in agent/sites.py. */
-#define TIME_BITS 42
-#define TIME_MASK ((1ULL << TIME_BITS) - 1)
+/* Records are (site index << time_bits) | creation millisecond; time_bits comes from
+ * agent/sites.py (Recorder's argument). */
 
 /* A (site, caller) pair and its site index. Unlike the Python path's cache it does not
  * expire each millisecond: the index of a (code, offset, caller code, caller offset)
@@ -756,7 +763,7 @@ static PyTypeObject TableType = {
 typedef struct {
     PyCodeObject *code; /* strong references: the pointers stay theirs */
     PyCodeObject *parent_code;
-    unsigned long long site_bits; /* site index << TIME_BITS; 0: empty */
+    unsigned long long site_bits; /* site index << time_bits; 0: empty */
     int offset;
     int parent_offset;
 } Slot;
@@ -766,11 +773,13 @@ typedef struct {
     PyObject *internal_ids; /* set: id(code) of frames that are never a site */
     PyObject *slow;         /* slow(frame, now) -> record: SiteRecorder._record_slow */
     Table *table;           /* id(task) -> record (asyncio_agent.records.TABLE) */
-    PyObject *flags;        /* asyncio_agent.records' module dict: registry_hooked */
     PyObject *attr;         /* the record attribute's name (records.RECORD_ATTR) */
+    PyObject *span_attr;    /* the span attribute's name (sites.SPAN_ATTR) */
     PyObject *span_probe;   /* None, or called for each task (asyncio_agent.tracing) */
     PyObject *maintenance;  /* records.maybe_sweep: see store_record */
     vectorcallfunc vectorcall;
+    unsigned long long time_mask; /* (1 << time_bits) - 1 */
+    int use_table;                /* records go to `table` (the registry hook is installed) */
     int internal_count;
     PyCodeObject *internal[INTERNAL_CODES];
     Slot slots[SLOTS];
@@ -829,10 +838,10 @@ fill_slot(Slot *slot, PyCodeObject *code, int offset, PyCodeObject *parent_code,
 }
 
 static inline unsigned long long
-millisecond(double now)
+millisecond(double now, unsigned long long mask)
 {
     /* int(now * 1000) in the Python path */
-    return (unsigned long long)(now * 1000.0) & TIME_MASK;
+    return (unsigned long long)(now * 1000.0) & mask;
 }
 
 /* The record for a task created by the code running in `frame`, `steps` frames above
@@ -858,7 +867,7 @@ site_record(Recorder *self, Cursor frame, int steps, unsigned long long *out)
         Slot *slot = slot_for(self, code, offset);
         if (slot->code == code && slot->offset == offset && parent_code != NULL &&
             slot->parent_code == parent_code && slot->parent_offset == parent_offset) {
-            *out = slot->site_bits | millisecond(now);
+            *out = slot->site_bits | millisecond(now, self->time_mask);
             return 0;
         }
         int internal = check_internal(self, code);
@@ -884,7 +893,7 @@ site_record(Recorder *self, Cursor frame, int steps, unsigned long long *out)
         if (record == NULL) {
             return -1;
         }
-        /* Records are ints below 2**64 (site index << TIME_BITS | millisecond). */
+        /* Records are ints below 2**64 (site index << time_bits | millisecond). */
         *out = PyLong_AsUnsignedLongLong(record);
         Py_DECREF(record);
         if (*out == (unsigned long long)-1 && PyErr_Occurred()) {
@@ -893,7 +902,7 @@ site_record(Recorder *self, Cursor frame, int steps, unsigned long long *out)
         /* The slow path may have found this code internal and gone further up; then
          * the record is not this frame's to cache. Nor is one without a caller or
          * without a site (the Python path caches neither). */
-        unsigned long long bits = found && parent_code != NULL ? *out & ~TIME_MASK : 0;
+        unsigned long long bits = found && parent_code != NULL ? *out & ~self->time_mask : 0;
         if (bits) {
             internal = check_internal(self, code);
             if (internal < 0) {
@@ -957,11 +966,7 @@ Recorder_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
     if (site_record(self, caller == NULL ? NULL : cursor_back(caller), 1, &record) < 0) {
         return NULL;
     }
-    PyObject *hooked = PyDict_GetItemWithError(self->flags, str_registry_hooked);
-    int status = -1;
-    if (hooked != NULL || !PyErr_Occurred()) {
-        status = store_record(self, args[0], record, hooked == Py_True);
-    }
+    int status = store_record(self, args[0], record, self->use_table);
     if (status < 0) {
         return NULL;
     }
@@ -971,12 +976,17 @@ Recorder_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
 static PyObject *
 Recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *internal_ids, *slow, *table, *flags, *attr, *maintenance;
-    static char *names[] = {"internal_ids", "slow",        "table", "flags",
-                            "attr",         "maintenance", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!O!UO:Recorder", names, &PySet_Type,
-                                     &internal_ids, &slow, &TableType, &table, &PyDict_Type,
-                                     &flags, &attr, &maintenance)) {
+    PyObject *internal_ids, *slow, *table, *attr, *maintenance, *span_attr;
+    int time_bits;
+    static char *names[] = {"internal_ids", "slow",      "table",     "attr",
+                            "maintenance",  "time_bits", "span_attr", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!UOiU:Recorder", names, &PySet_Type,
+                                     &internal_ids, &slow, &TableType, &table, &attr,
+                                     &maintenance, &time_bits, &span_attr)) {
+        return NULL;
+    }
+    if (time_bits < 1 || time_bits > 62) {
+        PyErr_SetString(PyExc_ValueError, "time_bits must be between 1 and 62");
         return NULL;
     }
     Recorder *self = (Recorder *)type->tp_alloc(type, 0); /* zeroed: empty slots */
@@ -986,8 +996,9 @@ Recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->internal_ids = Py_NewRef(internal_ids);
     self->slow = Py_NewRef(slow);
     self->table = (Table *)Py_NewRef(table);
-    self->flags = Py_NewRef(flags);
     self->attr = Py_NewRef(attr);
+    self->span_attr = Py_NewRef(span_attr);
+    self->time_mask = (1ULL << time_bits) - 1;
     self->span_probe = Py_NewRef(Py_None);
     self->maintenance = Py_NewRef(maintenance);
     self->vectorcall = Recorder_vectorcall;
@@ -1000,8 +1011,8 @@ Recorder_traverse(Recorder *self, visitproc visit, void *arg)
     Py_VISIT(self->internal_ids);
     Py_VISIT(self->slow);
     Py_VISIT(self->table);
-    Py_VISIT(self->flags);
     Py_VISIT(self->attr);
+    Py_VISIT(self->span_attr);
     Py_VISIT(self->span_probe);
     Py_VISIT(self->maintenance);
     return 0;
@@ -1013,8 +1024,8 @@ Recorder_clear(Recorder *self)
     Py_CLEAR(self->internal_ids);
     Py_CLEAR(self->slow);
     Py_CLEAR(self->table);
-    Py_CLEAR(self->flags);
     Py_CLEAR(self->attr);
+    Py_CLEAR(self->span_attr);
     Py_CLEAR(self->span_probe);
     Py_CLEAR(self->maintenance);
     return 0;
@@ -1048,6 +1059,12 @@ Recorder_set_span_probe(Recorder *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyMemberDef Recorder_members[] = {
+    {"use_table", T_INT, offsetof(Recorder, use_table), 0,
+     "1: records go to the table (the registry hook is installed); 0: to the task."},
+    {NULL},
+};
+
 static PyGetSetDef Recorder_getset[] = {
     {"span_probe", (getter)Recorder_get_span_probe, (setter)Recorder_set_span_probe,
      "None, or called (no arguments) for each new task; a result other than None is "
@@ -1058,15 +1075,17 @@ static PyGetSetDef Recorder_getset[] = {
 
 static PyTypeObject RecorderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "asyncio_agent._speedups.Recorder",
-    .tp_doc = PyDoc_STR("Recorder(internal_ids, slow, table, flags, attr, maintenance): "
-                        "record_task(task), the hot path of asyncio_agent.sites in C."),
+    .tp_name = "asyncio_agent.interp._speedups.Recorder",
+    .tp_doc = PyDoc_STR("Recorder(internal_ids, slow, table, attr, maintenance, time_bits, "
+                        "span_attr): record_task(task), the hot path of asyncio_agent.sites "
+                        "in C."),
     .tp_basicsize = sizeof(Recorder),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_new = Recorder_new,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(Recorder, vectorcall),
     .tp_getset = Recorder_getset,
+    .tp_members = Recorder_members,
     .tp_traverse = (traverseproc)Recorder_traverse,
     .tp_clear = (inquiry)Recorder_clear,
     .tp_dealloc = (destructor)Recorder_dealloc,
@@ -1095,7 +1114,7 @@ after_create(CreateTask *self, PyObject *task, PyObject *registered)
     }
     /* A task that did not register (an eager task that finished inside create_task,
      * or no registry hook) keeps its record itself: see agent/records.py. */
-    int status = store_record(recorder, task, record, registered == task);
+    int status = store_record(recorder, task, record, recorder->use_table && registered == task);
     if (status < 0) {
         return -1;
     }
@@ -1108,7 +1127,7 @@ after_create(CreateTask *self, PyObject *task, PyObject *registered)
             return -1;
         }
         if (span != Py_None) {
-            status = PyObject_SetAttr(task, str_span_attr, span);
+            status = PyObject_SetAttr(task, recorder->span_attr, span);
         }
         Py_DECREF(span);
     }
@@ -1207,7 +1226,7 @@ static PyGetSetDef CreateTask_getset[] = {
 
 static PyTypeObject CreateTaskType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "asyncio_agent._speedups.CreateTask",
+    .tp_name = "asyncio_agent.interp._speedups.CreateTask",
     .tp_doc = PyDoc_STR("CreateTask(original, recorder): a loop class's create_task, "
                         "recording each task's creation site."),
     .tp_basicsize = sizeof(CreateTask),
@@ -1295,7 +1314,7 @@ RegistryAdd_dealloc(RegistryAdd *self)
 
 static PyTypeObject RegistryAddType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "asyncio_agent._speedups.RegistryAdd",
+    .tp_name = "asyncio_agent.interp._speedups.RegistryAdd",
     .tp_doc = PyDoc_STR("RegistryAdd(table, add)(task): drop id(task) from the Table, then "
                         "add(task)."),
     .tp_basicsize = sizeof(RegistryAdd),
@@ -1308,22 +1327,48 @@ static PyTypeObject RegistryAddType = {
     .tp_dealloc = (destructor)RegistryAdd_dealloc,
 };
 
-/* -------------------------------------------------------------------- module */
-
-static int
-intern(PyObject **slot, const char *text)
+/* frame_chain(depth): [(code, f_lasti)] of the caller and its callers, as the walk
+ * above reads them. Compared with sys._getframe at import (agent/interp/compiled.py):
+ * on any difference the module is not used. */
+static PyObject *
+speedups_frame_chain(PyObject *module, PyObject *arg)
 {
-    *slot = PyUnicode_InternFromString(text);
-    return *slot == NULL ? -1 : 0;
+    long depth = PyLong_AsLong(arg);
+    if (depth == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *chain = PyList_New(0);
+    if (chain == NULL) {
+        return NULL;
+    }
+    Cursor frame = cursor_current();
+    for (long i = 0; i < depth && frame != NULL; i++) {
+        PyCodeObject *code = cursor_code(frame);
+        PyObject *entry = Py_BuildValue("(Oi)", code == NULL ? Py_None : (PyObject *)code,
+                                        cursor_lasti(frame));
+        if (entry == NULL || PyList_Append(chain, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_DECREF(chain);
+            return NULL;
+        }
+        Py_DECREF(entry);
+        frame = cursor_back(frame);
+    }
+    return chain;
 }
+
+static PyMethodDef speedups_functions[] = {
+    {"frame_chain", (PyCFunction)speedups_frame_chain, METH_O,
+     PyDoc_STR("frame_chain(depth) -> [(code, f_lasti)]: the caller's frames as the "
+               "compiled walk reads them.")},
+    {NULL, NULL, 0, NULL},
+};
+
+/* -------------------------------------------------------------------- module */
 
 static int
 speedups_exec(PyObject *module)
 {
-    if (intern(&str_registry_hooked, "registry_hooked") < 0 ||
-        intern(&str_span_attr, "_asyncio_agent_span") < 0) {
-        return -1;
-    }
     PyTypeObject *types[] = {&TableType, &RecorderType, &CreateTaskType, &RegistryAddType};
     const char *names[] = {"Table", "Recorder", "CreateTask", "RegistryAdd"};
     for (size_t i = 0; i < 4; i++) {
@@ -1340,9 +1385,10 @@ speedups_exec(PyObject *module)
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "asyncio_agent._speedups",
+    .m_name = "asyncio_agent.interp._speedups",
     .m_doc = "The agent's per-task hot path in C (optional; see agent/sites.py).",
     .m_size = -1, /* static types and strings: one interpreter only */
+    .m_methods = speedups_functions,
 };
 
 PyMODINIT_FUNC
