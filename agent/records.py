@@ -3,7 +3,11 @@
 Why not an attribute on the task: the first attribute gives a C task a ``__dict__``,
 one more garbage-collected allocation per task (every collection of the host program
 runs more often) and, on 3.13, 304 bytes. A weak reference per task costs the same.
-The table holds plain ints (key and value), which the collector never sees.
+The table holds plain integers (key and value), which the collector never sees: on the
+compiled path a ``Table`` (agent/interp/_speedups.c: two machine words per entry in
+one array: no int object per task, one cache line per task where a dict touches three,
+and that line is loaded ahead while its write waits in a short queue, which every
+read applies first), on the Python path a dict. :func:`use_table` picks the kind.
 
 Why the table is exact although ids are reused once a task dies:
 
@@ -27,7 +31,8 @@ entries as there are live tasks (plus :data:`SWEEP_SLACK`).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from types import ModuleType
+from typing import Any, Optional, Protocol
 
 from .interp.compiled import compiled as compiled_speedups
 from .interp.shape import Shape
@@ -36,7 +41,19 @@ from .interp.tasks import weak_references
 RECORD_ATTR = "_asyncio_agent_record"
 """The attribute holding the record of a task the table does not hold (see above)."""
 
-TABLE: dict[int, int] = {}
+
+class RecordTable(Protocol):
+    """What the agent asks of :data:`TABLE`: a dict, or the compiled ``Table``."""
+
+    def get(self, key: int, /) -> Optional[int]: ...
+    def pop(self, key: int, default: None, /) -> Optional[int]: ...
+    def __setitem__(self, key: int, record: int, /) -> None: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+    def clear(self) -> None: ...
+
+
+TABLE: RecordTable = {}
 """``id(task) -> record`` for tasks created through a patched ``create_task``."""
 
 SWEEP_SLACK = 4_096
@@ -45,8 +62,20 @@ SWEEP_SLACK = 4_096
 registry_hooked = False
 """True while records go to :data:`TABLE`: the registry hook is installed."""
 
+
+def use_table(speedups: Optional[ModuleType]) -> RecordTable:
+    """Make :data:`TABLE` the compiled ``Table`` of ``speedups`` (agent/interp/_speedups.c),
+    or a dict if None, and return it. Called when a SiteRecorder is built, before the
+    registry hook is installed; a table of the other kind is replaced (with its
+    records: uninstall has forgotten them already)."""
+    global TABLE
+    kind: Any = dict if speedups is None else speedups.Table
+    if type(TABLE) is not kind:
+        TABLE = kind()
+    return TABLE
+
+
 _hooked: Optional[Shape] = None  # the shape whose registry is hooked
-_compiled_sweep: Any = None  # _speedups.sweep while a compiled hook is installed
 
 
 def record_of(task: Any) -> Optional[int]:
@@ -78,7 +107,7 @@ class RegistryHook:
     def install(self, shape: Shape) -> bool:
         """Wrap the registry's ``add`` on the instance; False where ``shape`` has no
         hookable registry (then every task keeps its record as an attribute)."""
-        global registry_hooked, _compiled_sweep, _hooked
+        global registry_hooked, _hooked
         if self._registry is not None:
             return True
         registry = shape.registry
@@ -94,7 +123,7 @@ class RegistryHook:
         self._before = None if inherited else add  # an instance attribute to put back
         speedups = compiled_speedups() if self._accelerator is not None else None
         wrapper: Any
-        if speedups is not None:
+        if speedups is not None and type(TABLE) is speedups.Table:
             wrapper = speedups.RegistryAdd(TABLE, add)
         else:
             table_pop = TABLE.pop
@@ -115,7 +144,6 @@ class RegistryHook:
         _hooked = shape
         if self._accelerator is not None:
             self._accelerator.use_table = 1
-        _compiled_sweep = None if speedups is None else speedups.sweep
         return True
 
     def uninstall(self) -> None:
@@ -124,7 +152,7 @@ class RegistryHook:
         Without the hook, a task created later could take a dead task's id and be read
         as that task; a record lost on uninstall only costs a site.
         """
-        global registry_hooked, _compiled_sweep, _hooked
+        global registry_hooked, _hooked
         registry, self._registry = self._registry, None
         if self._accelerator is not None:
             self._accelerator.use_table = 0
@@ -138,7 +166,6 @@ class RegistryHook:
                 registry.add = self._before
         registry_hooked = False
         _hooked = None
-        _compiled_sweep = None
         TABLE.clear()
 
 
@@ -154,12 +181,17 @@ def sweep() -> int:
         return 0
     registry = shape.registry
     eager: Any = shape.eager if shape.eager is not None else set()
-    refs = weak_references(registry)
-    if _compiled_sweep is not None and type(refs) is set and type(eager) is set:
-        # The same in C, in one step that no other thread can interleave with.
-        count: int = _compiled_sweep(TABLE, refs, eager)
+    table: Any = TABLE
+    if type(table) is not dict:
+        # The compiled Table sweeps itself in C, in one step that no other thread can
+        # interleave with: it keeps the entries of the referents of the WeakSet's weak
+        # references and of the eager tasks, in a new array.
+        refs = weak_references(registry)
+        if type(refs) is not set or type(eager) is not set:
+            return 0
+        count: int = table.sweep(refs, eager)
         return count
-    before = TABLE.copy()  # one step, whatever other threads do
+    before = table.copy()  # one step, whatever other threads do
     try:
         tasks = list(registry)
         tasks.extend(eager)
@@ -168,13 +200,13 @@ def sweep() -> int:
     live = {id(task) for task in tasks}
     dropped = 0
     for key, record in before.items():
-        if key not in live and TABLE.get(key) is record:
+        if key not in live and table.get(key) is record:
             # A live task at this id would be in ``live``, unless it was created after
             # the registry was read; then it wrote its own record object, and the
             # ``is`` check above keeps it (records of one site and millisecond are
             # shared, so a task of the same site and millisecond is dropped: it loses
             # its site, never gets a wrong one).
-            TABLE.pop(key, None)
+            table.pop(key, None)
             dropped += 1
     del tasks
     return dropped
@@ -184,9 +216,11 @@ def maybe_sweep() -> None:
     """Sweep once the table holds half again as many entries as there are live tasks.
 
     Called on a site cache miss of the Python path (at most once per site and
-    millisecond) and every 4,096 tasks by the compiled one, never per task. Between
-    two sweeps at least half the live tasks' count of entries is added, so a sweep
-    costs a few table writes per entry added.
+    millisecond), and by the compiled one each time its table has gained 4,096
+    entries since the last check, never per task (a task that takes a dead task's
+    address replaces that entry and adds none). Between two sweeps at least half the
+    live tasks' count of entries is added, so a sweep costs a few table writes per
+    entry added.
     """
     size = len(TABLE)
     if size <= SWEEP_SLACK:

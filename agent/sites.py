@@ -96,13 +96,14 @@ class SiteRecorder:
         self._site_list = _SITE_LIST
         self._span_probe: Optional[Callable[[], object]] = None
         compiled = compiled_speedups() if speedups else None
+        table = records.use_table(compiled)  # the compiled Table, or a dict
         self.accelerator: Any = None
         """The compiled ``Recorder`` (agent/interp/_speedups.c) in use, or None."""
         if compiled is not None:
             self.accelerator = compiled.Recorder(
                 self._internal_ids,
                 self._record_slow,
-                records.TABLE,
+                table,
                 records.RECORD_ATTR,
                 records.maybe_sweep,
                 _TIME_BITS,
@@ -201,7 +202,11 @@ class SiteRecorder:
         finds or resolves the site for this frame and its caller, and makes it the
         one the hot path serves for the rest of this millisecond.
         """
-        records.maybe_sweep()  # here, not per task: at most once per site and millisecond
+        if self.accelerator is None:
+            # The Python path's table check: here, not per task (at most once per site
+            # and millisecond). The compiled path checks each time its table has
+            # gained 4,096 entries.
+            records.maybe_sweep()
         while frame is not None and self._is_internal(frame):
             frame = frame.f_back
         millis = int(now * 1000)

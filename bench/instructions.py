@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def instructions(variant: Variant, workload: str, repeats: int, scale: float) ->
     env = variant.environment()
     env["AGENT_BENCH_SCALE"] = str(scale)
     command = ["valgrind", "--tool=cachegrind", "--cache-sim=no"]
-    command += ["--cachegrind-out-file=/dev/null", sys.executable, str(WORKLOADS)]
+    command += ["--cachegrind-out-file=/dev/null", variant.python, str(WORKLOADS)]
     command += [workload, "--repeats", str(repeats)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     found = _REFS.search(done.stderr)
@@ -62,6 +63,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, help="workload size for all (1 = full)")
     parser.add_argument("--workloads", default="create_gather,fan_out_tree,echo_server")
     parser.add_argument("--output", default=str(HERE / "results"))
+    parser.add_argument(
+        "--other", action="append", default=[], help="NAME=PYTHON: that agent as a variant too"
+    )
     parser.add_argument("--variants", default=",".join(COUNTED), help="names from bench/run.py")
     options = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -69,6 +73,7 @@ def main() -> None:
     workloads = options.workloads.split(",")
     wanted = options.variants.split(",")
     variants = [v for v in VARIANTS if v.name in wanted]
+    variants += [Variant.other(spec) for spec in options.other]
     counts: dict[str, dict[str, float]] = {}
     for workload in workloads:
         counts[workload] = {}
@@ -77,7 +82,10 @@ def main() -> None:
             counts[workload][variant.name] = per_run(variant, workload, scale)
             print(f"  {workload:13} {variant.name:18} {counts[workload][variant.name]:,.0f}")
     version = ".".join(platform.python_version_tuple()[:2])
+    command = "python bench/instructions.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
+        f"Reproduce: `{command.strip()}` (with this Python, from the repository root)",
+        "",
         f"Python {platform.python_version()}, {platform.machine()}; instructions of one run "
         "(valgrind; workload scale "
         + ", ".join(f"{w} {options.scale or SCALES.get(w, 0.2)}" for w in workloads)

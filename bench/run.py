@@ -5,6 +5,7 @@ ratios against the baseline of the same round, and the written results (pyperf J
 suites, a Markdown table, a plot). Never asserts timings: it reports them.
 
     python bench/run.py                 # full run with this interpreter
+    python bench/run.py --cpu 1         # every child pinned to CPU 1 (taskset)
     python bench/run.py --smoke         # seconds-long run of every path (CI)
 """
 
@@ -15,6 +16,8 @@ import json
 import os
 import platform
 import random
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,6 +41,14 @@ class Variant:
     peer: str = "none"
     loop: str = "asyncio"
     slow: bool = False  # a peer known to cost 5-20x: fewer repeats
+    python: str = sys.executable  # another environment's: e.g. an earlier agent (--other)
+
+    @classmethod
+    def other(cls, spec: str) -> Variant:
+        """``NAME=PYTHON`` (--other): the agent as installed for that interpreter, e.g. a
+        virtualenv of an earlier commit, timed against the same baseline."""
+        name, _, python = spec.partition("=")
+        return cls(name, AGENT_ON, python=python)
 
     def environment(self) -> dict[str, str]:
         """The child's environment: ours without any agent setting, plus the variant's."""
@@ -91,14 +102,21 @@ def _available(variant: Variant) -> bool:
         "pyleak": "import pyleak",
         "aiodebug": "import aiodebug.log_slow_callbacks",
     }.get(variant.peer, "import uvloop" if variant.loop == "uvloop" else "pass")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False)
+    done = subprocess.run([variant.python, "-c", probe], capture_output=True, check=False)
     return done.returncode == 0
+
+
+LOAD: list[float] = []
+"""The machine's 1-minute load average before each round (other programs' share)."""
+
+PIN: list[str] = []
+"""``taskset -c CPU`` when --cpu is given: every timed child runs on that CPU."""
 
 
 def _run_child(variant: Variant, workload: str, repeats: int, scale: float) -> list[float]:
     env = variant.environment()
     env["AGENT_BENCH_SCALE"] = str(scale)
-    command = [sys.executable, str(WORKLOADS), workload, "--loop", variant.loop]
+    command = [*PIN, variant.python, str(WORKLOADS), workload, "--loop", variant.loop]
     command += ["--repeats", str(repeats), "--peer", variant.peer]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -118,6 +136,7 @@ def measure(
     for workload in workloads:
         times[workload] = {variant.name: [] for variant in variants}
         for round_number in range(rounds):
+            LOAD.append(os.getloadavg()[0])
             order = variants[:]
             random.Random(round_number).shuffle(order)  # interleaved, reproducible
             for variant in order:
@@ -180,7 +199,7 @@ def memory(variants: list[Variant]) -> dict[str, dict[str, Any]]:
     """Bytes per live task and memory along 1,000,000 completed tasks, per variant."""
     out = {}
     for variant in variants:
-        command = [sys.executable, str(WORKLOADS), "memory", "--loop", variant.loop]
+        command = [variant.python, str(WORKLOADS), "memory", "--loop", variant.loop]
         done = subprocess.run(
             command, env=variant.environment(), capture_output=True, text=True, check=True
         )
@@ -199,11 +218,19 @@ def write_results(folder: Path, data: dict[str, Any]) -> Path:
     tag = data["python"]
     (folder / f"{tag}.json").write_text(json.dumps(data, indent=1))
     _write_pyperf(folder, tag, data["times"])
+    pinned = f", pinned to CPU {data['cpu']}" if data.get("cpu") else ""
+    if data.get("load"):
+        load = data["load"]
+        pinned += (
+            f"; the machine's load average at the rounds' start (other programs): median"
+            f" {statistics.median(load):.1f}, {min(load):.1f}-{max(load):.1f}"
+        )
     lines = [
-        f"Reproduce: {data.get('command', 'python bench/run.py')}",
+        f"Reproduce: `{data['command']}` (with this Python, from the repository root)",
         "",
-        f"Python {data['python_full']}, {data['machine']}; {data['rounds']} interleaved rounds;"
-        " ratio = best time / baseline best time in the same round: median (min-max).",
+        f"Python {data['python_full']}, {data['machine']}; {data['rounds']} interleaved rounds"
+        f"{pinned}; ratio = best time / baseline best time in the same round:"
+        " median (min-max).",
         "",
         "| variant | " + " | ".join(data["ratios"]) + " |",
         "|---|" + "---|" * len(data["ratios"]),
@@ -265,13 +292,20 @@ def main() -> None:
     parser.add_argument("--workloads", default="create_gather,fan_out_tree,echo_server")
     parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS))
     parser.add_argument("--output", type=Path, default=HERE / "results")
+    parser.add_argument("--cpu", help="pin every timed child to this CPU (taskset -c)")
+    parser.add_argument(
+        "--other", action="append", default=[], help="NAME=PYTHON: that agent as a variant too"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip memory and start-up")
     options = parser.parse_args()
+    if options.cpu is not None and shutil.which("taskset") is not None:
+        PIN[:] = ["taskset", "-c", options.cpu]
 
     scale = 0.02 if options.smoke else 1.0
     rounds = 1 if options.smoke else options.rounds
     repeats = 1 if options.smoke else options.repeats
     wanted = options.variants.split(",")
-    variants = [v for v in VARIANTS if v.name in wanted]
+    variants = [v for v in VARIANTS if v.name in wanted] + [Variant.other(o) for o in options.other]
     missing = [v.name for v in variants if not _available(v)]
     if missing:
         print(f"skipping variants that cannot run on this Python: {', '.join(missing)}")
@@ -286,12 +320,15 @@ def main() -> None:
         "python_full": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "rounds": rounds,
-        "command": "python bench/run.py " + " ".join(sys.argv[1:]),
+        "cpu": options.cpu if PIN else None,
+        "load": LOAD,
+        "command": "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "times": times,
         "ratios": ratios(times),
     }
-    if not options.smoke:
-        data["memory"] = memory([v for v in variants if v.name in ("baseline", "agent")])
+    if not options.smoke and not options.no_memory:
+        extra = {Variant.other(o).name for o in options.other}
+        data["memory"] = memory([v for v in variants if v.name in {"baseline", "agent", *extra}])
         data["startup"] = startup(repeats=40)
     table = write_results(options.output, data)
     print(table.read_text())

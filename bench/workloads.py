@@ -150,30 +150,54 @@ def _new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+class GcMeter:
+    """Collections and seconds in them, per generation, while in ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.collections[generation] += 1
+            self.seconds[generation] += time.perf_counter() - self._started
+
+
 def time_workload(name: str, loop_kind: str, repeats: int, peer: str) -> dict[str, Any]:
-    """Run ``name`` ``repeats`` times on one loop; the seconds of each run."""
+    """Run ``name`` ``repeats`` times on one loop; the seconds of each run (wall time,
+    and the process's CPU time, which leaves out the time other programs ran), and the
+    garbage collector's collections and seconds in each run."""
     loop = _new_loop(loop_kind)
     asyncio.set_event_loop(loop)
     monitor = _set_up_peer(peer, loop)
     workload = WORKLOADS[name]
-    times = []
+    times, cpu_times, collector = [], [], []
     try:
         loop.run_until_complete(workload())  # warm-up: imports, caches, first sites
         for _ in range(repeats):
             gc.collect()
-            start = time.perf_counter()
+            meter = GcMeter()
+            gc.callbacks.append(meter)
+            start, cpu_start = time.perf_counter(), time.process_time()
             loop.run_until_complete(workload())
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+            gc.callbacks.remove(meter)
+            collector.append({"collections": meter.collections, "seconds": meter.seconds})
     finally:
         if callable(monitor):
             monitor()  # a peer's stop
         elif monitor is not None:
             monitor.close()
         loop.close()
-    return {"times": times}
+    return {"times": times, "cpu_times": cpu_times, "gc": collector}
 
 
-def memory_per_task(loop_kind: str, count: int = 20_000) -> dict[str, Any]:
+def memory_per_task(loop_kind: str, count: int = 20_000, churn: bool = True) -> dict[str, Any]:
     """Bytes allocated per live pending task (tracemalloc), and flatness over 1M tasks."""
     loop = _new_loop(loop_kind)
 
@@ -192,7 +216,7 @@ def memory_per_task(loop_kind: str, count: int = 20_000) -> dict[str, Any]:
         await asyncio.gather(*tasks)
         return (after - before) / count
 
-    async def churn(total: int) -> list[int]:
+    async def churn_through(total: int) -> list[int]:
         async def leaf() -> None:
             await asyncio.sleep(0)
 
@@ -208,7 +232,7 @@ def memory_per_task(loop_kind: str, count: int = 20_000) -> dict[str, Any]:
 
     try:
         per_task = loop.run_until_complete(measure())
-        points = loop.run_until_complete(churn(1_000_000))
+        points = loop.run_until_complete(churn_through(1_000_000)) if churn else []
     finally:
         loop.close()
     return {"bytes_per_task": per_task, "memory_after_250k_steps": points}
@@ -227,7 +251,7 @@ def main() -> None:
     )
     options = parser.parse_args()
     if options.workload == "memory":
-        result = memory_per_task(options.loop)
+        result = memory_per_task(options.loop, options.count, churn=not options.no_churn)
     else:
         result = time_workload(options.workload, options.loop, options.repeats, options.peer)
     result["agent"] = "asyncio_agent.runtime" in sys.modules

@@ -8,6 +8,7 @@ same sites for the same program, and that the setting switching it off behaves.
 from __future__ import annotations
 
 import platform
+import random
 import sys
 from typing import Any
 
@@ -160,6 +161,80 @@ def test_an_eager_task_that_finished_at_once_keeps_its_site_on_both_paths(run: R
         assert [event["creation_line"] for event in events] == [line_of(source, "# site")]
 
 
+# Tasks from create_task and tasks built directly, interleaved, many at addresses that
+# dead tasks of either kind just left, some kept alive and some not: every live task's
+# record must be its own (a directly built task has none). On the compiled path the
+# table's writes are queued and applied a few tasks later; every read applies them.
+ID_REUSE = """\
+    import asyncio, gc, random
+    import asyncio_agent.records as records
+
+    async def forever():
+        await asyncio.Event().wait()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        rng = random.Random(17)
+        kept, wrong = [], 0
+        for round in range(40):
+            batch = []
+            for _ in range(rng.randrange(1, 300)):
+                if rng.random() < 0.5:
+                    batch.append((asyncio.create_task(forever()), True))  # recorded
+                else:
+                    batch.append((asyncio.Task(forever(), loop=loop), False))  # direct
+            rng.shuffle(batch)
+            kept += batch[: len(batch) // 10]
+            for task, recorded in batch:
+                if (records.record_of(task) is not None) != recorded:
+                    wrong += 1
+                if not recorded or rng.random() < 0.5:
+                    task.cancel()
+            del batch
+            await asyncio.sleep(0)
+            gc.collect()
+            for task, recorded in kept:
+                if (records.record_of(task) is not None) != recorded:
+                    wrong += 1
+        print(wrong, len(kept))
+        for task, _ in kept:
+            task.cancel()
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    """
+
+
+def test_every_live_task_reads_its_own_record_while_ids_are_reused(run: Runner) -> None:
+    for env in ({}, {"ASYNCIO_AGENT_SPEEDUPS": "0"}):
+        result = run(ID_REUSE, env=env)
+        wrong, kept = result.stdout.split()
+        assert (wrong, int(kept) > 100) == ("0", True), result.stderr[-2000:]
+
+
+@pytest.mark.skipif(not COMPILED_RUNS, reason="the compiled module is not used here")
+def test_the_compiled_table_behaves_as_a_dict_of_ids() -> None:
+    compiled = compiled_speedups()
+    assert compiled is not None
+    table, expected = compiled.Table(), {}
+    rng = random.Random(17)
+    for _ in range(50_000):
+        key, draw = rng.randrange(1, 3_000) * 16, rng.random()
+        if draw < 0.5:
+            record = rng.getrandbits(56)
+            table[key] = expected[key] = record
+        elif draw < 0.8:
+            assert table.pop(key, None) == expected.pop(key, None)
+        else:
+            assert table.get(key) == expected.get(key)
+            assert (key in table) == (key in expected)
+        assert len(table) == len(expected)
+    assert all(table[key] == record for key, record in expected.items())
+    assert table.get("not an id") is None and "not an id" not in table
+    table.clear()
+    assert len(table) == 0 and table.get(16) is None
+
+
 @pytest.mark.skipif(SHAPE_314, reason="no registry to hook: records are never in the table")
 def test_both_sweeps_drop_dead_tasks_entries_and_keep_live_ones(run: Runner) -> None:
     source = """\
@@ -174,7 +249,7 @@ def test_both_sweeps_drop_dead_tasks_entries_and_keep_live_ones(run: Runner) -> 
             await asyncio.sleep(0)
             del dead
             gc.collect()
-            path = "compiled" if records._compiled_sweep else "python"
+            path = "python" if type(records.TABLE) is dict else "compiled"
             dropped = records.sweep()
             kept = all(id(task) in records.TABLE for task in live)
             print(path, dropped, kept)
