@@ -380,6 +380,9 @@ class AgentPlugin:
         self._reporter = installation.reporter
         self._reports: list[Judged] = []
         self.outside: list[Judged] = []
+        # True from a test's teardown (which collected) to the next test's setup: what
+        # runs in between is pytest logging the test, which loses no task.
+        self._collected = False
         self._reporter.add_listener(self._on_report)
         self.leftovers: Any = None  # a LeftoverTracker when pending_mode is set
         if pending_mode is not None:
@@ -393,10 +396,10 @@ class AgentPlugin:
         if isinstance(report, (Report, Suppressed, NeverAwaited, Stall)):
             self._reports.append(report)
 
-    def _take(self) -> list[Judged]:
+    def _take(self, collect: bool = True) -> list[Judged]:
         from . import runtime
 
-        if self.mode is not None:
+        if self.mode is not None and collect:
             # The writer first: while it writes it allocates, and a collection it
             # triggers would make ours return at once (CPython runs one at a time).
             runtime.flush()
@@ -413,7 +416,10 @@ class AgentPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """What died before this test (session fixtures, collection) is not its fault."""
-        self.outside.extend(self._take())
+        # Collect only if the last test's teardown did not (the first test, or after
+        # something else ran in between): two full collections per test, not four.
+        self.outside.extend(self._take(collect=not self._collected))
+        self._collected = False
         if self.leftovers is not None:
             self.leftovers.begin_test()
 
@@ -431,6 +437,7 @@ class AgentPlugin:
         """After the test's fixtures are gone (its loop closed): collect and judge."""
         yield
         reports = self._take()
+        self._collected = True
         allowances = _allowances(item)
         texts: dict[str, list[str]] = {}
         if self.mode is not None:

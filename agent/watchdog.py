@@ -51,7 +51,7 @@ _LOOP_MODULES = (*INTERNAL_MODULES, "selectors")
 
 Submit = Callable[[Union[Stall, Suppressed]], None]
 CpuTimes = Optional[tuple[float, float]]
-Ended = tuple[Beat, float, float, CpuTimes]
+Ended = tuple[Beat, float, float, CpuTimes, Optional["Sample"]]
 
 
 FIRST_LOOK = 0.75
@@ -195,8 +195,10 @@ class Watchdog:
             pass
 
     def _stall_ended(self, beat: Beat, due: float, ended: float, cpu: CpuTimes) -> None:
-        # Loop thread, rarely (a stall longer than the threshold just ended).
-        self._ended.append((beat, due, ended, cpu))
+        # Loop thread, rarely (a stall longer than the threshold just ended). The sample
+        # goes with it: the watchdog may sample the loop's next stall before it gets to
+        # this one.
+        self._ended.append((beat, due, ended, cpu, beat.sample))
         self._wake.set()
 
     # -- any thread ----------------------------------------------------------------
@@ -206,11 +208,11 @@ class Watchdog:
         ended = self._ended
         while True:
             try:
-                beat, due, end, cpu = ended.popleft()
+                beat, due, end, cpu, sample = ended.popleft()
             except IndexError:
                 return
             try:
-                self._finish(beat, due, end, cpu)
+                self._finish(beat, due, end, cpu, sample)
             except Exception:
                 pass
 
@@ -259,11 +261,13 @@ class Watchdog:
         wake = self._wake
         while not self._stopped:
             wake.clear()  # before looking: a stall ending meanwhile wakes the next wait
-            self.drain()
+            # Sample first: a loop blocked now (which may hold the GIL again soon) is
+            # the one thing that cannot wait; a stall that ended keeps its sample.
             try:
                 timeout = self._look()
             except Exception:
                 timeout = 1.0
+            self.drain()
             wake.wait(timeout)
 
     def _look(self) -> Optional[float]:
@@ -364,9 +368,13 @@ class Watchdog:
         sample.stack = tuple(_describe(f) for f in shown[-MAX_FRAMES:])
         return sample
 
-    def _finish(self, beat: Beat, due: float, end: float, cpu: CpuTimes) -> None:
-        """Queue the Stall of ``beat`` that was due at ``due`` and ended at ``end``."""
-        sample = beat.sample
+    def _finish(
+        self, beat: Beat, due: float, end: float, cpu: CpuTimes, sample: Optional[Sample] = None
+    ) -> None:
+        """Queue the Stall of ``beat`` that was due at ``due`` and ended at ``end``
+        (``sample``: the beat's sample when it ended, if any)."""
+        if sample is None or sample.due != due:
+            sample = beat.sample  # written just as the stall ended
         if sample is None or sample.due != due:
             sample = Sample(due)
             sample.blocked_in = NOT_SAMPLED

@@ -2,6 +2,7 @@
 
     python bench/cache_profile.py                        # create_gather, 100,000 live tasks
     python bench/cache_profile.py --scale 0.1 --top 15   # 10,000 live tasks
+    python bench/cache_profile.py --variant before=OTHER/bin/python   # another install
 
 Instruction counts (bench/instructions.py) cannot see a cache miss, and on this machine
 the hardware counters are not available to ``perf stat`` (a virtual machine). This runs
@@ -39,7 +40,7 @@ def profile(variant: Variant, repeats: int, scale: float, folder: Path, cache: s
     env = variant.environment()
     env["AGENT_BENCH_SCALE"] = str(scale)
     command = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--LL={cache}"]
-    command += [f"--cachegrind-out-file={out}", sys.executable, str(WORKLOADS)]
+    command += [f"--cachegrind-out-file={out}", variant.python, str(WORKLOADS)]
     command += ["create_gather", "--repeats", str(repeats)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -83,7 +84,9 @@ def main() -> None:
     """Profile both variants and print the per-task table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="1 = 100,000 live tasks")
-    parser.add_argument("--variant", default="agent", help="compared with the baseline")
+    parser.add_argument(
+        "--variant", default="agent", help="compared with the baseline (or NAME=PYTHON)"
+    )
     parser.add_argument("--cache", default="2097152,16,64", help="last level: size,ways,line")
     parser.add_argument("--top", type=int, default=12)
     options = parser.parse_args()
@@ -94,7 +97,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         base = per_run(by_name["baseline"], options.scale, folder, options.cache)
-        other = per_run(by_name[options.variant], options.scale, folder, options.cache)
+        chosen = by_name.get(options.variant) or Variant.other(options.variant)
+        other = per_run(chosen, options.scale, folder, options.cache)
 
     def total(counts: Counts) -> list[float]:
         return [sum(values[i] for values in counts.values()) / tasks for i in range(5)]
@@ -106,7 +110,7 @@ def main() -> None:
     print(f"of one run; last level simulated as {options.cache} (size, ways, line).")
     print(f"{'':42} {'instr':>10} {'D1 miss':>9} {'LL miss':>9}")
     print(f"{'baseline':42} {cells(total(base))}")
-    print(f"{options.variant:42} {cells(total(other))}")
+    print(f"{chosen.name:42} {cells(total(other))}")
     delta = _minus(other, base)
     print(f"{'difference':42} {cells(total(delta))}")
     for label, key in (("last-level misses", 3), ("first-level misses", 1)):

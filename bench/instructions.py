@@ -41,6 +41,7 @@ def instructions(variant: Variant, workload: str, repeats: int, scale: float) ->
     """Instructions valgrind counted for one child process."""
     env = variant.environment()
     env["AGENT_BENCH_SCALE"] = str(scale)
+    env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every child
     command = ["valgrind", "--tool=cachegrind", "--cache-sim=no"]
     command += ["--cachegrind-out-file=/dev/null", variant.python, str(WORKLOADS)]
     command += [workload, "--repeats", str(repeats)]

@@ -217,6 +217,7 @@ def write_results(folder: Path, data: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tag = data["python"]
     (folder / f"{tag}.json").write_text(json.dumps(data, indent=1))
+    (folder / f"{tag}.partial.json").unlink(missing_ok=True)
     _write_pyperf(folder, tag, data["times"])
     pinned = f", pinned to CPU {data['cpu']}" if data.get("cpu") else ""
     if data.get("load"):
@@ -326,6 +327,9 @@ def main() -> None:
         "times": times,
         "ratios": ratios(times),
     }
+    # The timings first, in case a later step fails: minutes of rounds are not lost.
+    options.output.mkdir(parents=True, exist_ok=True)
+    (options.output / f"{tag}.partial.json").write_text(json.dumps(data, indent=1))
     if not options.smoke and not options.no_memory:
         extra = {Variant.other(o).name for o in options.other}
         data["memory"] = memory([v for v in variants if v.name in {"baseline", "agent", *extra}])

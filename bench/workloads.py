@@ -249,6 +249,8 @@ def main() -> None:
         choices=("none", "aiomonitor", "otel", "aiocop", "pyleak", "aiodebug"),
         default="none",
     )
+    parser.add_argument("--count", type=int, default=20_000, help="memory: live tasks")
+    parser.add_argument("--no-churn", action="store_true", help="memory: per task only")
     options = parser.parse_args()
     if options.workload == "memory":
         result = memory_per_task(options.loop, options.count, churn=not options.no_churn)

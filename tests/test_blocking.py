@@ -151,6 +151,9 @@ def collect():
 async def main():
     loop = asyncio.get_running_loop()
     loop.call_soon(slow)
+    await asyncio.sleep(0.3)  # over once slow() returns
+    # A pause: the first stall's event is written before the collection holds the GIL
+    # (a thread of ours waiting for the GIL then could run before the watchdog).
     await asyncio.sleep(0.3)
     loop.call_soon(collect)
     await asyncio.sleep(0.3)

@@ -356,13 +356,17 @@ _COLUMNS = (
 )
 
 
+def _pids_shown(pids: set[int]) -> str:
+    """The first five process ids, and how many more."""
+    ordered = sorted(pids)
+    more = len(ordered) - 5
+    return ",".join(str(pid) for pid in ordered[:5]) + (f" +{more}" if more > 0 else "")
+
+
 def _rows(summary: Summary) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for group in summary.groups:
-        pids = sorted(group.pids)
-        shown = ",".join(str(pid) for pid in pids[:5]) + (
-            f" +{len(pids) - 5}" if len(pids) > 5 else ""
-        )
+        shown = _pids_shown(group.pids)
         example = group.example_exception or ", ".join(
             c for c, _ in group.coroutines.most_common(2)
         )
@@ -405,10 +409,7 @@ _BLOCKED_COLUMNS = (
 def _blocked_rows(summary: Summary) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for group in summary.blocked:
-        pids = sorted(group.pids)
-        shown = ",".join(str(pid) for pid in pids[:5]) + (
-            f" +{len(pids) - 5}" if len(pids) > 5 else ""
-        )
+        shown = _pids_shown(group.pids)
         coroutine = ", ".join(c for c, _ in group.coroutines.most_common(1))
         rows.append(
             (

@@ -41,14 +41,21 @@ SPAN_TIMEOUT_S = FLUSH_TIMEOUT_S
 """How long ending one anomaly span may take before the exporter counts as stuck."""
 
 
-def span_attributes(report: Report) -> dict[str, Any]:
-    """The span attributes for ``report``: semantic-convention ``code.*`` plus ``asyncio.*``."""
-    site = report.site
-    values: dict[str, Any] = {
+def _code_attributes(site: Optional[Site]) -> dict[str, Any]:
+    """OpenTelemetry's ``code.*`` attributes of a creation site (None values if unknown)."""
+    return {
         "code.filepath": site.filename if site else None,
         "code.lineno": site.lineno if site else None,
         "code.function": site.function if site else None,
         "code.stacktrace": "\n".join(site.stack) if site else None,
+    }
+
+
+def span_attributes(report: Report) -> dict[str, Any]:
+    """The span attributes for ``report``: semantic-convention ``code.*`` plus ``asyncio.*``."""
+    site = report.site
+    values: dict[str, Any] = {
+        **_code_attributes(site),
         "asyncio.task.name": report.task_name,
         "asyncio.task.coroutine": report.coroutine,
         "asyncio.task.age_s": report.task_age_s,
@@ -72,10 +79,7 @@ def never_awaited_attributes(finding: NeverAwaited) -> dict[str, Any]:
     collected = finding.collected
     return _clean(
         {
-            "code.filepath": site[0] if site else None,
-            "code.lineno": site[1] if site else None,
-            "code.function": site[2] if site else None,
-            "code.stacktrace": "\n".join(site[3]) if site else None,
+            **_code_attributes(Site(*site) if site else None),
             "asyncio.coroutine": finding.coroutine,
             "asyncio.coroutine.collected_at": (
                 f"{collected[0]}:{collected[1]} in {collected[2]}" if collected else None
@@ -92,10 +96,7 @@ def stuck_attributes(finding: StuckTask) -> dict[str, Any]:
     site = finding.site
     return _clean(
         {
-            "code.filepath": site.filename if site else None,
-            "code.lineno": site.lineno if site else None,
-            "code.function": site.function if site else None,
-            "code.stacktrace": "\n".join(site.stack) if site else None,
+            **_code_attributes(site),
             "asyncio.task.name": finding.task_name,
             "asyncio.task.coroutine": finding.coroutine,
             "asyncio.task.age_s": finding.task_age_s,
@@ -130,10 +131,7 @@ def stall_attributes(stall: Stall) -> dict[str, Any]:
         "asyncio.loop.blocked_in": stall.blocked_in,
         "asyncio.loop.blocking_stack": "\n".join(stall.blocking_stack) or None,
         "asyncio.loop.callback": stall.callback if stall.blocked_in == IN_CALLBACK else None,
-        "code.filepath": site.filename if site else None,
-        "code.lineno": site.lineno if site else None,
-        "code.function": site.function if site else None,
-        "code.stacktrace": "\n".join(site.stack) if site else None,
+        **_code_attributes(site),
         "asyncio.task.name": stall.task_name,
         "asyncio.task.coroutine": stall.coroutine,
         "thread.name": stall.loop_thread,
