@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from .findings import LeftPending
 from .importhook import PostImportHook
-from .interp.tasks import await_chain, coroutine_name
+from .interp.tasks import await_chain, coroutine_name, task_name
 from .interp.unfinished import RUNNER_MODULES, ShutdownWatch, is_loop_lifetime_task
 from .records import record_of
 from .sites import SiteRecorder
@@ -51,12 +51,8 @@ def _contains(tasks: weakref.WeakSet[Any], task: Any) -> bool:
 def describe_task(task: Any, how: str, recorder: Optional[SiteRecorder]) -> LeftPending:
     """A :class:`LeftPending` for ``task`` (read now: call it while the task is pending)."""
     site, created = recorder.decode(record_of(task)) if recorder is not None else (None, None)
-    try:
-        name: Optional[str] = str(task.get_name())
-    except Exception:
-        name = None
     return LeftPending(
-        task_name=name,
+        task_name=task_name(task),
         coroutine=coroutine_name(task),
         site=site,
         task_age_s=None if created is None else max(0.0, time.monotonic() - created),

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from .findings import StuckTask
-from .interp.tasks import await_chain, coroutine_name
+from .interp.tasks import await_chain, coroutine_name, task_name
 from .interp.unfinished import loop_thread_name
 from .records import record_of
 from .sites import SPAN_ATTR, Site, SiteRecorder
@@ -163,12 +163,8 @@ class StuckDetector:
             self._reported.add(entry.key)
         oldest, median = newly[0]
         task = oldest.task
-        try:
-            name: Optional[str] = str(task.get_name())
-        except Exception:
-            name = None
         return StuckTask(
-            task_name=name,
+            task_name=task_name(task),
             coroutine=coroutine_name(task),
             site=site,
             task_age_s=oldest.age,

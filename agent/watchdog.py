@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 from .detect import Admit, Decoder
 from .heartbeat import TICK_CODE, Beat
 from .interp import running as interp
+from .interp.tasks import coroutine_name, task_name
 from .records import record_of
 from .report import Suppressed
 from .sites import INTERNAL_MODULES, PACKAGE_DIR, SPAN_ATTR, Site
@@ -341,8 +342,8 @@ class Watchdog:
         sample = Sample(due)
         if task is not None:
             sample.blocked_in = IN_TASK
-            sample.task_name = interp.task_name(task)
-            sample.coroutine = interp.coroutine_name(task)
+            sample.task_name = task_name(task)
+            sample.coroutine = coroutine_name(task)
             sample.site, _created = self._decode(record_of(task))
             sample.span = getattr(task, SPAN_ATTR, None)
         else:

@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Optional, TextIO
+from typing import Any, Optional, Protocol, TextIO
 
 KINDS = {
     "asyncio.task.destroyed_pending": "destroyed pending",
@@ -28,6 +28,28 @@ NEVER_AWAITED = "asyncio.coroutine.never_awaited"
 SUPPRESSED_EVENT = "asyncio.agent.reports_suppressed"
 DROPPED_EVENT = "asyncio.agent.reports_dropped"
 BLOCKED_EVENT = "asyncio.loop.blocked"
+
+
+class _Seen(Protocol):
+    """A group that keeps when its events were seen and by which processes."""
+
+    first_seen: Optional[str]
+    last_seen: Optional[str]
+    pids: set[int]
+
+
+def _note_seen(group: _Seen, event: dict[str, Any]) -> None:
+    """Widen ``group``'s first/last seen to ``event``'s timestamp; add its pid."""
+    stamp = event.get("timestamp")
+    if isinstance(stamp, str):
+        # ISO 8601 UTC with a fixed layout: text order is time order.
+        if group.first_seen is None or stamp < group.first_seen:
+            group.first_seen = stamp
+        if group.last_seen is None or stamp > group.last_seen:
+            group.last_seen = stamp
+    pid = event.get("pid")
+    if isinstance(pid, int):
+        group.pids.add(pid)
 
 
 @dataclass
@@ -65,15 +87,7 @@ class BlockedGroup:
             coroutine = event.get("coroutine")
             if isinstance(coroutine, str):
                 self.coroutines[coroutine] += 1
-        stamp = event.get("timestamp")
-        if isinstance(stamp, str):
-            if self.first_seen is None or stamp < self.first_seen:
-                self.first_seen = stamp
-            if self.last_seen is None or stamp > self.last_seen:
-                self.last_seen = stamp
-        pid = event.get("pid")
-        if isinstance(pid, int):
-            self.pids.add(pid)
+        _note_seen(self, event)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
@@ -164,18 +178,9 @@ class Group:
         self._seen(event, count)
 
     def _seen(self, event: dict[str, Any], reports: int) -> None:
-        stamp = event.get("timestamp")
-        if isinstance(stamp, str):
-            # ISO 8601 UTC with a fixed layout: text order is time order.
-            if self.first_seen is None or stamp < self.first_seen:
-                self.first_seen = stamp
-            if self.last_seen is None or stamp > self.last_seen:
-                self.last_seen = stamp
+        _note_seen(self, event)
         if event.get("at_shutdown") is True:
             self.at_shutdown += reports
-        pid = event.get("pid")
-        if isinstance(pid, int):
-            self.pids.add(pid)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""

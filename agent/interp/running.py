@@ -4,7 +4,7 @@ Owns every private name the blocking detector needs: ``asyncio._set_running_loop
 (which every loop calls when it starts and stops running in a thread),
 ``sys._current_frames()``,
 ``asyncio.events.Handle._run`` (its code object and its ``self``), a handle's
-``_callback``, a task's ``_coro``, and the fact that ``asyncio.current_task(loop)``
+``_callback``, and the fact that ``asyncio.current_task(loop)``
 called from another thread answers for that loop (a dict keyed by loop on 3.10-3.13,
 a scan of the thread states on 3.14+). Every function answers a question and never
 raises; none keeps what it was given alive after it returns. :class:`RunningLoopHook`
@@ -168,30 +168,5 @@ def callback_name(callback: Any) -> Optional[str]:
             if isinstance(module, str) and module not in ("builtins", "__main__"):
                 return f"{module}.{name}"
         return name
-    except Exception:
-        return None
-
-
-def task_name(task: Any) -> Optional[str]:
-    """``task.get_name()`` as a string, or None."""
-    try:
-        name = task.get_name()
-    except Exception:
-        return None
-    return name if isinstance(name, str) else None
-
-
-def coroutine_name(task: Any) -> Optional[str]:
-    """The qualified name of the task's coroutine, or None.
-
-    ``_coro`` first: on 3.12.0-3.12.4, ``get_coro()`` crashes the interpreter for a task
-    that finished eagerly (CPython gh-122332); the attribute is safe.
-    """
-    try:
-        coro = task._coro if hasattr(task, "_coro") else task.get_coro()
-        if coro is None:
-            return None
-        name = getattr(coro, "__qualname__", None)
-        return name if isinstance(name, str) else type(coro).__qualname__
     except Exception:
         return None

@@ -45,6 +45,15 @@ def coroutine_name(task: Any) -> Optional[str]:
         return None
 
 
+def task_name(task: Any) -> Optional[str]:
+    """``task.get_name()`` as a string, or None."""
+    try:
+        name = task.get_name()
+    except Exception:
+        return None
+    return name if isinstance(name, str) else None
+
+
 def waiter_of(task: Any) -> Any:
     """The future a pending task is suspended on, or None."""
     try:

@@ -47,10 +47,7 @@ def report_fields(report: Report, paths: Optional[PathRewriter] = None) -> dict[
     fields: dict[str, Any] = {
         "task_name": report.task_name,
         "coroutine": report.coroutine,
-        "creation_file": paths.path(site.filename) if site else None,
-        "creation_line": site.lineno if site else None,
-        "creation_function": site.function if site else None,
-        "creation_stack": paths.stack(list(site.stack)) if site else [],
+        **_creation_fields(site, paths),
         "at_shutdown": report.at_shutdown,
         "task_age_s": None if report.task_age_s is None else round(report.task_age_s, 6),
     }
@@ -58,18 +55,23 @@ def report_fields(report: Report, paths: Optional[PathRewriter] = None) -> dict[
         fields["exception_type"] = report.exception_type
         fields["exception_message"] = report.exception_message
         fields["traceback"] = paths.traceback(report.traceback_text())
-    ids = hex_ids(report.span)
-    if ids is not None:  # the OpenTelemetry span current at creation: logs join traces
-        fields["trace_id"], fields["span_id"] = ids
-    fields["pid"] = report.pid
-    fields["thread"] = report.thread
-    fields["_timestamp"] = report.timestamp
+    _common_tail(fields, report.span, report.pid, report.thread, report.timestamp)
     return fields
+
+
+def _creation_fields(site: Optional[Site], paths: PathRewriter) -> dict[str, Any]:
+    """The ``creation_*`` fields of a creation site (null, and an empty stack, if unknown)."""
+    return {
+        "creation_file": paths.path(site.filename) if site else None,
+        "creation_line": site.lineno if site else None,
+        "creation_function": site.function if site else None,
+        "creation_stack": paths.stack(list(site.stack)) if site else [],
+    }
 
 
 def _common_tail(fields: dict[str, Any], span: object, pid: int, thread: Any, stamp: float) -> None:
     ids = hex_ids(span)
-    if ids is not None:
+    if ids is not None:  # the OpenTelemetry span current at creation: logs join traces
         fields["trace_id"], fields["span_id"] = ids
     fields["pid"] = pid
     fields["thread"] = thread
@@ -90,10 +92,7 @@ def never_awaited_fields(
     collected = finding.collected
     fields: dict[str, Any] = {
         "coroutine": finding.coroutine,
-        "creation_file": paths.path(site[0]) if site else None,
-        "creation_line": site[1] if site else None,
-        "creation_function": site[2] if site else None,
-        "creation_stack": paths.stack(list(site[3])) if site else [],
+        **_creation_fields(Site(*site) if site else None, paths),
         "collected_file": paths.path(collected[0]) if collected else None,
         "collected_line": collected[1] if collected else None,
         "collected_function": collected[2] if collected else None,
@@ -111,10 +110,7 @@ def stuck_fields(finding: StuckTask, paths: Optional[PathRewriter] = None) -> di
     fields: dict[str, Any] = {
         "task_name": finding.task_name,
         "coroutine": finding.coroutine,
-        "creation_file": paths.path(site.filename) if site else None,
-        "creation_line": site.lineno if site else None,
-        "creation_function": site.function if site else None,
-        "creation_stack": paths.stack(list(site.stack)) if site else [],
+        **_creation_fields(site, paths),
         "task_age_s": round(finding.task_age_s, 3),
         "awaiting": paths.stack(list(finding.awaiting)),
         "siblings": finding.siblings,
@@ -140,10 +136,7 @@ def stall_fields(stall: Stall, paths: Optional[PathRewriter] = None) -> dict[str
         site = stall.site
         fields["task_name"] = stall.task_name
         fields["coroutine"] = stall.coroutine
-        fields["creation_file"] = paths.path(site.filename) if site else None
-        fields["creation_line"] = site.lineno if site else None
-        fields["creation_function"] = site.function if site else None
-        fields["creation_stack"] = paths.stack(list(site.stack)) if site else []
+        fields.update(_creation_fields(site, paths))
         ids = hex_ids(stall.span)
         if ids is not None:  # the span current where the blocked task was created
             fields["trace_id"], fields["span_id"] = ids
